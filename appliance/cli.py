@@ -1,0 +1,169 @@
+"""The ``omgw`` command: wires config, channels and tools together (nothing imports the CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config as config_mod
+from . import logfmt
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _load_config(path: Path) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as e:
+        print(f"omgw: invalid config {e.source}:", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config_mod.load(args.config, check_files=not args.no_files)
+    except config_mod.ConfigError as e:
+        for p in e.problems:
+            print(p)
+        print(f"{e.source}: {len(e.problems)} error(s)", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: ok")
+    return EXIT_OK
+
+
+def cmd_value(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if cfg.value is None:
+        print("omgw value: the config has no [value] section", file=sys.stderr)
+        return EXIT_CONFIG
+    logfmt.setup(args.log_level)
+    from .value.run import serve_value
+
+    try:
+        asyncio.run(serve_value(cfg))
+    except OSError as e:  # e.g. the listen port is taken, or a TLS file went missing after validation
+        logfmt.get_logger("value").error("value_start_failed", error=str(e))
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from .passwords import hash_password
+
+    if args.stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Charger password: ")
+        if getpass.getpass("Again: ") != password:
+            print("omgw: passwords differ", file=sys.stderr)
+            return EXIT_FAIL
+    if not password:
+        print("omgw: empty password", file=sys.stderr)
+        return EXIT_FAIL
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def read_status_socket(path: Path, timeout: float = 2.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    result: dict[str, Any] = {"gateway_id": cfg.gateway.id, "channels": {}}
+    healthy = True
+    if cfg.value is not None:
+        try:
+            value = read_status_socket(cfg.value.status_socket)
+            value["state"] = "up"
+        except (OSError, ValueError) as e:
+            value = {"state": "down", "error": str(e)}
+            healthy = False
+        result["channels"]["value"] = value
+    result["healthy"] = healthy
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"gateway {cfg.gateway.id}: {'healthy' if healthy else 'DEGRADED'}")
+        for name, ch in result["channels"].items():
+            line = f"  {name:7} {ch['state']}"
+            if ch["state"] == "up" and name == "value":
+                line += f"  chargers connected: {ch['connected']}/{len(ch['charge_points'])}"
+                tap = ch.get("tap", {})
+                if tap:
+                    line += f"  tap dropped: {tap.get('dropped_queue', 0) + tap.get('dropped_socket', 0)}"
+            elif ch["state"] != "up":
+                line += f"  ({ch['error']})"
+            print(line)
+            if ch["state"] == "up" and name == "value":
+                for cp in ch["charge_points"]:
+                    lat = cp["csms_latency_ms"]
+                    print(
+                        f"    {cp['cp_id']:16} {'connected' if cp['connected'] else 'offline':9} "
+                        f"{cp['subprotocol'] or '-':10} up {cp['frames_up']} down {cp['frames_down']} "
+                        f"invalid {cp['invalid_frames']} reconnects {cp['reconnects']} "
+                        f"csms p50 {lat['p50']} ms"
+                    )
+    return EXIT_OK if healthy else EXIT_FAIL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omgw", description="OCPP Secure O&M Gateway")
+    parser.add_argument("--version", action="version", version=f"omgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", type=Path, default=config_mod.DEFAULT_PATH,
+                       help=f"config file (default {config_mod.DEFAULT_PATH})")
+        return p
+
+    p = with_config(sub.add_parser("check-config", help="validate the config file"))
+    p.add_argument("--no-files", action="store_true", help="do not check that referenced files exist")
+    p.set_defaults(func=cmd_check_config)
+
+    p = with_config(sub.add_parser("value", help="run the value channel (OCPP proxy)"))
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_value)
+
+    p = sub.add_parser("hash-password", help="hash a charger password for charger_password_hash")
+    p.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_hash_password)
+
+    p = with_config(sub.add_parser("status", help="one-shot summary of the channels"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="the gateway on simulated hardware with simulated CSMS and chargers")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--chargers", type=int, default=3)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(duration=args.duration, chargers=args.chargers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

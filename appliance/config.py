@@ -1,0 +1,256 @@
+"""Typed configuration, validated once at the edge.
+
+The TOML file is turned into frozen pydantic models; the rest of the code receives these objects,
+never dicts. Every problem is reported with its key path (``value.charge_points[2].id: duplicate
+id "CP7"``) so an operator can fix the whole file in one pass. Secrets are never stored in the file:
+it only names the files (mode 0600) that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PATH = Path("/etc/omgw/omgw.toml")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayConfig(_Model):
+    id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    site: str = ""
+    state_dir: Path = Path("/var/lib/omgw")
+
+
+class ChargerTls(_Model):
+    """Optional wss:// on the charger-facing side."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class ChargePointConfig(_Model):
+    id: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._:*-]+$")]
+    password_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    charger_password_hash: str | None = None
+
+
+class ValueConfig(_Model):
+    listen: str = "0.0.0.0:9000"
+    csms_url: str
+    security_profile: Annotated[int, Field(ge=0, le=3)] = 2
+    ca_file: Path | None = None
+    allow_insecure: bool = False
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    ping_interval_s: Annotated[float, Field(gt=0, le=3600)] = 30
+    connect_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10
+    max_frame_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 65536
+    validation: Literal["off", "log", "enforce"] = "log"
+    allow_unknown_charge_points: bool = False
+    tap_socket: Path = Path("/run/omgw/tap.sock")
+    tap_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    tap_secret_file: Path | None = None
+    status_socket: Path = Path("/run/omgw/value.sock")
+    pending_calls_max: Annotated[int, Field(ge=1, le=100_000)] = 256
+    charger_tls: ChargerTls | None = None
+    charge_points: list[ChargePointConfig] = []
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def keepalive(self) -> dict[str, float]:
+        """websockets keepalive settings such that a silent peer is dropped within 2 x ping_interval:
+        ping at t=interval, no pong by 1.5 x interval, closing handshake abandoned by 2 x interval."""
+        half = self.ping_interval_s / 2
+        return {"ping_interval": self.ping_interval_s, "ping_timeout": half, "close_timeout": min(10.0, half)}
+
+    def charge_point(self, cp_id: str) -> ChargePointConfig | None:
+        for cp in self.charge_points:
+            if cp.id == cp_id:
+                return cp
+        return None
+
+    def tap_secret_path(self, state_dir: Path) -> Path:
+        return self.tap_secret_file or state_dir / "tap.key"
+
+
+class Config(_Model):
+    gateway: GatewayConfig
+    value: ValueConfig | None = None
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, not only the first."""
+
+    def __init__(self, source: Path | str, problems: list[ConfigProblem]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(map(str, problems)))
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _pydantic_problems(err: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        problems.append(ConfigProblem(_loc_to_path(e["loc"]), msg))
+    return problems
+
+
+def _check_readable(path: Path | None, key: str, problems: list[ConfigProblem]) -> None:
+    if path is None:
+        return
+    if not path.is_file():
+        problems.append(ConfigProblem(key, f'file not found "{path}"'))
+    elif not os.access(path, os.R_OK):
+        problems.append(ConfigProblem(key, f'file not readable "{path}"'))
+
+
+def _secret_mode(path: Path | None, key: str, problems: list[ConfigProblem]) -> None:
+    """Secrets must not be readable by group or others (0600 or stricter)."""
+    if path is not None and path.is_file() and path.stat().st_mode & 0o077:
+        problems.append(
+            ConfigProblem(key, f'secret file "{path}" is accessible by group/others (chmod 600)')
+        )
+
+
+def _value_problems(v: ValueConfig, check_files: bool) -> list[ConfigProblem]:
+    p: list[ConfigProblem] = []
+    try:
+        host, port = v.listen_host_port()
+        if not 0 <= port < 65536:  # 0: an ephemeral port (tests, demo)
+            raise ValueError
+    except ValueError:
+        p.append(ConfigProblem("value.listen", f'expected "HOST:PORT", got "{v.listen}"'))
+    url = urlsplit(v.csms_url)
+    want = "wss" if v.security_profile >= 2 else "ws"
+    if url.scheme not in ("ws", "wss") or not url.hostname:
+        p.append(ConfigProblem("value.csms_url", f'expected a ws:// or wss:// URL, got "{v.csms_url}"'))
+    elif url.scheme != want:
+        p.append(
+            ConfigProblem(
+                "value.csms_url",
+                f"security profile {v.security_profile} needs a {want}:// URL, got {url.scheme}://",
+            )
+        )
+    if v.security_profile <= 1 and not v.allow_insecure:
+        p.append(
+            ConfigProblem(
+                "value.security_profile",
+                f"profile {v.security_profile} sends OCPP unencrypted; set value.allow_insecure = true to accept that",
+            )
+        )
+    if v.security_profile >= 2 and v.ca_file is None:
+        p.append(ConfigProblem("value.ca_file", f"required for security profile {v.security_profile}"))
+    seen: dict[str, int] = {}
+    for i, cp in enumerate(v.charge_points):
+        key = f"value.charge_points[{i}]"
+        if cp.id in seen:
+            p.append(ConfigProblem(f"{key}.id", f'duplicate id "{cp.id}" (also at [{seen[cp.id]}])'))
+        seen.setdefault(cp.id, i)
+        if v.security_profile in (1, 2) and cp.password_file is None:
+            p.append(
+                ConfigProblem(f"{key}.password_file", f"required for security profile {v.security_profile}")
+            )
+        if v.security_profile == 3:
+            cert = cp.client_cert or v.client_cert
+            keyf = cp.client_key or v.client_key
+            if cert is None or keyf is None:
+                p.append(
+                    ConfigProblem(
+                        f"{key}.client_cert",
+                        "security profile 3 needs client_cert and client_key (here or in [value])",
+                    )
+                )
+        if (cp.client_cert is None) != (cp.client_key is None):
+            p.append(ConfigProblem(f"{key}.client_key", "client_cert and client_key go together"))
+        if cp.charger_password_hash is not None and not cp.charger_password_hash.startswith("scrypt$"):
+            p.append(
+                ConfigProblem(
+                    f"{key}.charger_password_hash", 'expected a hash from "omgw hash-password" (scrypt$...)'
+                )
+            )
+        if check_files:
+            _check_readable(cp.password_file, f"{key}.password_file", p)
+            _secret_mode(cp.password_file, f"{key}.password_file", p)
+            _check_readable(cp.client_cert, f"{key}.client_cert", p)
+            _check_readable(cp.client_key, f"{key}.client_key", p)
+            _secret_mode(cp.client_key, f"{key}.client_key", p)
+    if not v.charge_points and not v.allow_unknown_charge_points:
+        p.append(
+            ConfigProblem(
+                "value.charge_points",
+                "no charge points configured and allow_unknown_charge_points = false: every charger would be refused",
+            )
+        )
+    if check_files:
+        if v.security_profile >= 2:
+            _check_readable(v.ca_file, "value.ca_file", p)
+        _check_readable(v.client_cert, "value.client_cert", p)
+        _check_readable(v.client_key, "value.client_key", p)
+        _secret_mode(v.client_key, "value.client_key", p)
+        if v.charger_tls:
+            _check_readable(v.charger_tls.cert_file, "value.charger_tls.cert_file", p)
+            _check_readable(v.charger_tls.key_file, "value.charger_tls.key_file", p)
+            _secret_mode(v.charger_tls.key_file, "value.charger_tls.key_file", p)
+    return p
+
+
+def parse(data: dict, source: Path | str = "<config>", check_files: bool = True) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, _pydantic_problems(e)) from None
+    problems: list[ConfigProblem] = []
+    if cfg.value is not None:
+        problems += _value_problems(cfg.value, check_files)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load(path: Path | str = DEFAULT_PATH, check_files: bool = True) -> Config:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(path, [ConfigProblem("", f"cannot read config: {e.strerror}")]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(path, [ConfigProblem("", f"not valid TOML: {e}")]) from None
+    return parse(data, path, check_files)

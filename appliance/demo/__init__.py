@@ -1,0 +1,1 @@
+"""``omgw demo``: the gateway on simulated hardware, with a simulated CSMS and chargers."""

@@ -1,0 +1,1 @@
+"""Channel A, the value channel: an OCPP-J WebSocket proxy that carries billing traffic unchanged."""

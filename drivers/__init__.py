@@ -1,0 +1,1 @@
+"""Hardware drivers: they know hardware and nothing else (no MQTT, no OCPP, no config files)."""
