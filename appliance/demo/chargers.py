@@ -117,4 +117,6 @@ async def connect_charger(url: str, cp_id: str, version: str = "ocpp1.6", **kwar
     cls = Charger201 if version == "ocpp2.0.1" else Charger16
     cp = cls(cp_id, ws, response_timeout=10)
     task = asyncio.create_task(cp.start())
+    # The receive loop ends with ConnectionClosed when the leg closes: expected, not an error.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return cp, ws, task

@@ -112,7 +112,8 @@ async def _demo(duration: float | None, chargers: int) -> None:
         assert cfg.value is not None
         receiver = TapReceiver(str(cfg.value.tap_socket))
         receiver.start()
-        width = shutil.get_terminal_size((160, 20)).columns
+        # Cut lines to the terminal's width; piped output keeps whole frames.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 1 << 20
 
         async def show_tap() -> None:
             assert receiver is not None
