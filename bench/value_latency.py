@@ -99,6 +99,39 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy (not idle, not iowait) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """CPU use of named processes over a window, and of everything else on the machine ("other").
+
+    The machine is shared: "other" (tests, builds of colleagues) is what explains a slow round.
+    """
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+        self.t0 = time.monotonic()
+        self.busy0 = machine_busy_s()
+        self.cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.t0
+        busy = machine_busy_s() - self.busy0
+        out: dict[str, float] = {}
+        ours = 0.0
+        for k, p in self.pids.items():
+            c0, c1 = self.cpu0[k], proc_cpu_s(p)
+            if c0 is not None and c1 is not None:
+                out[f"{k}_cpu_pct"] = 100 * (c1 - c0) / elapsed
+                ours += c1 - c0
+        out["other_cpu_pct"] = max(0.0, 100 * (busy - ours) / elapsed)
+        return out
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -443,6 +476,14 @@ class Bench:
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def peer_pids(self) -> dict[str, int]:
+        pids = {p.name: p.proc.pid for p in self.peers if p.proc.pid is not None}
+        if self.nginx is not None and "nginx" not in pids:
+            worker = self.nginx.worker_pid()
+            if worker is not None:
+                pids["nginx"] = worker
+        return pids
+
     def new_proxy(self, name: str, profile: int, charge_points: list[str] = [], validation: str = "log") -> Proxy:
         url = (f"ws://127.0.0.1:{self.csms_ws}/ocpp" if profile == 0
                else f"wss://127.0.0.1:{self.csms_wss}/ocpp")
@@ -495,15 +536,19 @@ class Bench:
             row: dict[str, Any] = {"order": order}
             for name in order:
                 v = variants[name]
+                watch = CpuWatch(self.peer_pids() | {k: p.pid for k, p in proxies.items()})
                 try:
                     row[name] = self.loadgen.call("sequential", timeout=600, url=v["url"](lat_ids[r]),
                                                   n=s.heartbeats, warmup=s.warmup, ca_file=v["ca"])
+                    row[name].update(watch.stop())
                 except (RuntimeError, TimeoutError) as e:
                     row[name] = {"error": str(e)}
                     self.notes.append(f"latency round {r + 1} {name}: {e}")
             per_round.append(row)
             print(f"  latency round {r + 1}/{s.rounds}: " + ", ".join(
-                f"{n} p50 {row[n]['p50']:.0f} us" for n in names if "p50" in row[n]), file=sys.stderr)
+                f"{n} p50 {row[n]['p50']:.0f} us" for n in names if "p50" in row[n])
+                + f" (other processes on the machine: {statistics.mean(row[n]['other_cpu_pct'] for n in names if 'p50' in row[n]):.0f}% of a core)",
+                file=sys.stderr)
 
         summary: dict[str, Any] = {}
         baseline_of = {"omgw": "direct", "omgw_off": "direct", "nginx": "direct", "omgw_tls": "direct_wss"}
@@ -563,10 +608,10 @@ class Bench:
             if pid is not None:
                 time.sleep(0.5)
                 out["rss_mb_connected"] = mb(proc_status_kb(pid, "VmRSS"))
-            peers = {"loadgen": self.loadgen.proc.pid, "csms": self.csms.proc.pid}
+            pids = {k: v for k, v in self.peer_pids().items() if v != pid}
             if pid is not None:
-                peers["proxy"] = pid
-            cpu0, t0 = {k: proc_cpu_s(v) for k, v in peers.items()}, time.monotonic()
+                pids["proxy"] = pid
+            watch = CpuWatch(pids)
             self.loadgen.send("run", duration=self.s.load_s, warmup=self.s.load_warmup_s)
             rss_max = 0
             deadline = time.monotonic() + self.s.load_s + self.s.load_warmup_s + 120
@@ -576,11 +621,7 @@ class Bench:
                 if time.monotonic() > deadline:
                     raise TimeoutError("load run did not finish")
             out["load"] = self.loadgen.result(1)
-            t1 = time.monotonic()
-            for k, p in peers.items():
-                c0, c1 = cpu0[k], proc_cpu_s(p)
-                if c0 is not None and c1 is not None:
-                    out[f"{k}_cpu_pct"] = 100 * (c1 - c0) / (t1 - t0)
+            out.update(watch.stop())
             if pid is not None:
                 out["rss_mb_end"] = mb(proc_status_kb(pid, "VmRSS"))
                 out["rss_mb_sampled_max"] = mb(rss_max)
@@ -658,7 +699,7 @@ def summarize_load(rows: list[dict[str, Any]], sizes: tuple[int, ...], paths: li
             entry["p99_ms"] = med(r["load"]["p99"] for r in ok) / 1000
             entry["errors"] = sum(r["load"]["errors"] + r["connect"]["failed"] for r in ok)
             entry["connect_s"] = med(r["connect"]["seconds"] for r in ok)
-            for k in ("proxy_cpu_pct", "loadgen_cpu_pct", "csms_cpu_pct"):
+            for k in ("proxy_cpu_pct", "loadgen_cpu_pct", "csms_cpu_pct", "other_cpu_pct"):
                 vals = [r[k] for r in ok if k in r]
                 entry[k] = med(vals) if vals else None
             for k in ("rss_mb_idle", "rss_mb_connected", "rss_mb_end", "rss_mb_peak_hwm"):
@@ -721,6 +762,11 @@ def report(results: dict[str, Any]) -> None:
                          f"{fmt(e['added_mean'], '+.0f'):>6}   {fmt(e['ratio_p50'], '.2f'):>6} "
                          f"{fmt(e['ratio_p99'], '.2f'):>6}  {e['baseline']}")
             print(line)
+        others = [row[k]["other_cpu_pct"] for row in lat["per_round"] for k in row
+                  if isinstance(row[k], dict) and "other_cpu_pct" in row[k]]
+        if others:
+            print(f"(other processes on the machine during these runs: median {statistics.median(others):.0f}%, "
+                  f"max {max(others):.0f}% of one core)")
         om = lat["summary"].get("omgw", {})
         if "added_p50" in om:
             ok50 = om["added_p50"] <= TARGET_ADDED_P50_US
@@ -738,7 +784,8 @@ def report(results: dict[str, Any]) -> None:
         print(f"Concurrent chargers, closed Heartbeat loop, {conc['duration_s']:g} s measured after "
               f"{conc['warmup_s']:g} s warm-up, median of {conc['rounds']} round(s); one fresh omgw process per run")
         print(f"{'N':>5} {'path':26} {'msg/s':>7} {'x base':>6} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} "
-              f"{'conn s':>6} {'RSS idle':>8} {'conn':>6} {'end':>6} {'peak':>6} {'CPU%':>5} {'gen%':>5} {'csms%':>5}")
+              f"{'conn s':>6} {'RSS idle':>8} {'conn':>6} {'end':>6} {'peak':>6} {'CPU%':>5} {'gen%':>5} {'csms%':>5}"
+              f" {'other%':>6}")
         rows = conc["rows"]
         for e in conc["summary"]:
             label = LABELS.get(e["path"], e["path"])
@@ -749,10 +796,12 @@ def report(results: dict[str, Any]) -> None:
                   f"{e['p50_ms']:>7.2f} {e['p99_ms']:>7.2f} {e['errors']:>4} {e['connect_s']:>6.1f} "
                   f"{fmt(e['rss_mb_idle'], '.1f'):>8} {fmt(e['rss_mb_connected'], '.1f'):>6} "
                   f"{fmt(e['rss_mb_end'], '.1f'):>6} {fmt(e['rss_mb_peak_hwm'], '.1f'):>6} "
-                  f"{fmt(e['proxy_cpu_pct']):>5} {fmt(e['loadgen_cpu_pct']):>5} {fmt(e['csms_cpu_pct']):>5}")
+                  f"{fmt(e['proxy_cpu_pct']):>5} {fmt(e['loadgen_cpu_pct']):>5} {fmt(e['csms_cpu_pct']):>5}"
+                  f" {fmt(e['other_cpu_pct']):>6}")
         print("(x base: omgw p0 and nginx vs direct ws, omgw p2 vs direct wss, direct wss vs direct ws, per round;"
               "\n RSS: MB of the proxy process (max over rounds; nginx: its one worker, peak = worker lifetime);"
-              "\n CPU%, gen%, csms%: proxy, load generator and CSMS processes, % of one core)")
+              "\n CPU%, gen%, csms%: proxy, load generator and CSMS processes; other%: every other process on"
+              "\n the machine; all in % of one core, out of 200%)")
         biggest = max((e["n"] for e in conc["summary"]), default=0)
         for key in ("omgw", "omgw_tls"):
             e = next((e for e in conc["summary"] if e["n"] == biggest and e["path"] == key
