@@ -61,6 +61,7 @@ class ValueConfig(_Model):
     tap_socket: Path = Path("/run/omgw/tap.sock")
     tap_queue: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
     tap_secret_file: Path | None = None
+    tap_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10
     status_socket: Path = Path("/run/omgw/value.sock")
     pending_calls_max: Annotated[int, Field(ge=1, le=100_000)] = 256
     charger_tls: ChargerTls | None = None

@@ -484,7 +484,7 @@ class Bench:
                 pids["nginx"] = worker
         return pids
 
-    def new_proxy(self, name: str, profile: int, charge_points: list[str] = [], validation: str = "log") -> Proxy:
+    def new_proxy(self, name: str, profile: int, charge_points: tuple[str, ...] | list[str] = (), validation: str = "log") -> Proxy:
         url = (f"ws://127.0.0.1:{self.csms_ws}/ocpp" if profile == 0
                else f"wss://127.0.0.1:{self.csms_wss}/ocpp")
         proxy = Proxy(name, self.tmp, profile, url, list(charge_points), self.ca_file, self.password_file,
@@ -545,10 +545,11 @@ class Bench:
                     row[name] = {"error": str(e)}
                     self.notes.append(f"latency round {r + 1} {name}: {e}")
             per_round.append(row)
-            print(f"  latency round {r + 1}/{s.rounds}: " + ", ".join(
-                f"{n} p50 {row[n]['p50']:.0f} us" for n in names if "p50" in row[n])
-                + f" (other processes on the machine: {statistics.mean(row[n]['other_cpu_pct'] for n in names if 'p50' in row[n]):.0f}% of a core)",
-                file=sys.stderr)
+            done = [n for n in names if "p50" in row[n]]
+            other = max((row[n]["other_cpu_pct"] for n in done), default=0.0)
+            print(f"  latency round {r + 1}/{s.rounds}: "
+                  + ", ".join(f"{n} p50 {row[n]['p50']:.0f} us" for n in done)
+                  + f" (other processes: up to {other:.0f}% of a core)", file=sys.stderr)
 
         summary: dict[str, Any] = {}
         baseline_of = {"omgw": "direct", "omgw_off": "direct", "nginx": "direct", "omgw_tls": "direct_wss"}

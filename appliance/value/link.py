@@ -64,6 +64,8 @@ class ChargePointLink:
         self.tap = tap
         self._enforce = inspector.mode == "enforce"
         self._closing: tuple[int, str] | None = None
+        self._next_invalid_log = 0
+        self._invalid_unlogged = 0
 
     async def run(self) -> None:
         """Pump both directions until either leg ends, then close the other one."""
@@ -115,6 +117,16 @@ class ChargePointLink:
     async def _close_both(self, code: int, reason: str) -> None:
         await asyncio.gather(self.charger.close(code, reason), self.upstream.close(code, reason))
 
+    def _log_invalid(self, now_ns: int, dir_name: str, code: str, detail: str, rejected: bool = False) -> None:
+        """At most one line per charge point every 10 s: a broken charger must not flood the journal."""
+        if now_ns < self._next_invalid_log:
+            self._invalid_unlogged += 1
+            return
+        self._next_invalid_log = now_ns + 10_000_000_000
+        log.warning("call_rejected" if rejected else "invalid_frame", cp=self.cp_id, dir=dir_name, code=code,
+                    detail=detail, suppressed=self._invalid_unlogged)
+        self._invalid_unlogged = 0
+
     async def _pump(self, src: Connection, dst: Connection, direction: Direction) -> None:
         up = direction is Direction.UP
         dir_name = "up" if up else "down"
@@ -133,9 +145,9 @@ class ChargePointLink:
                     stats.rejected_calls += 1
                     if obs.reply is not None:
                         await src.send(obs.reply)
-                    log.warning("call_rejected", cp=cp_id, dir=dir_name, code=obs.error and obs.error.kind.name,
-                                detail=obs.error and obs.error.detail)
-                    tap.put(now, cp_id, dir_name, "rejected", msg, code=obs.error and obs.error.kind.name)
+                    code = obs.error.kind.name if obs.error else "?"
+                    self._log_invalid(now, dir_name, code, obs.error.detail if obs.error else "", rejected=True)
+                    tap.put(now, cp_id, dir_name, "rejected", msg, code=code)
                     continue
                 await dst.send(msg)
             else:
@@ -152,8 +164,7 @@ class ChargePointLink:
             stats.last_frame_ns = now
             if obs.error is not None:
                 stats.invalid_frames += 1
-                log.warning("invalid_frame", cp=cp_id, dir=dir_name, code=obs.error.kind.name,
-                            detail=obs.error.detail)
+                self._log_invalid(now, dir_name, obs.error.kind.name, obs.error.detail)
             if obs.latency_ns is not None and not up:
                 stats.csms_latency_ns.append(obs.latency_ns)
             tap.put(now, cp_id, dir_name, "frame", msg)

@@ -140,6 +140,7 @@ class ValueChannel:
             server_header=None,
         )
         await self._start_status_socket()
+        self._tasks.append(asyncio.create_task(self._stats_to_tap(cfg.tap_stats_interval_s)))
         if self.notifier.watchdog_interval_s:
             self._tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval_s)))
         log.info(
@@ -183,6 +184,16 @@ class ValueChannel:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    async def _stats_to_tap(self, interval: float) -> None:
+        """Per-charge-point counters for the health side, every ``tap_stats_interval_s``."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time_ns()
+            for stats in list(self.stats.values()):
+                snap = stats.snapshot()
+                del snap["cp_id"]
+                self.tap.put(now, stats.cp_id, "", "stats", **snap)
 
     # ---- handshake -------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ async def test_status_command_reads_the_value_channel(csms: SimulatedCsms, tmp_p
 
 
 async def test_tap_records_reach_the_health_side_redacted(csms: SimulatedCsms, tmp_path, unused_tcp_port) -> None:
-    cfg = write_config(tmp_path, csms.url, unused_tcp_port)
+    cfg = write_config(tmp_path, csms.url, unused_tcp_port, tap_stats_interval_s="0.2")
     receiver = TapReceiver(str(tmp_path / "tap.sock"))
     receiver.start()
     records = []
@@ -138,6 +138,7 @@ async def test_tap_records_reach_the_health_side_redacted(csms: SimulatedCsms, t
             await cp.boot()
             await cp.session("SECRET-TAG-0042", samples=1)
             await wait_for(lambda: sum(r.event == "frame" for r in records) >= 18, 5)  # 9 CALLs and their results
+            await wait_for(lambda: any(r.event == "stats" and r.extra["frames_up"] == 9 for r in records), 5)
             task.cancel()
             await ws.close()
     finally:
@@ -153,6 +154,9 @@ async def test_tap_records_reach_the_health_side_redacted(csms: SimulatedCsms, t
     authorize = next(json.loads(r.frame) for r in frames if '"Authorize"' in (r.frame or ""))
     assert authorize[3]["idTag"].startswith("hmac:")
     assert receiver.lost == 0
+    stats = [r for r in records if r.event == "stats" and r.extra["frames_up"] == 9][-1]
+    assert stats.cp_id == "CP001" and stats.extra["connected"] and stats.extra["frames_down"] == 9
+    assert stats.extra["csms_latency_ms"]["n"] == 9
 
 
 async def test_tap_socket_absent_changes_nothing(csms: SimulatedCsms, tmp_path, unused_tcp_port) -> None:
