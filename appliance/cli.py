@@ -27,6 +27,15 @@ def _load_config(path: Path) -> config_mod.Config:
         raise SystemExit(EXIT_CONFIG) from None
 
 
+def run_loop(main: Any) -> Any:
+    """uvloop where installed (about half the event-loop overhead per forwarded frame), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config_mod.load(args.config, check_files=not args.no_files)
@@ -48,7 +57,7 @@ def cmd_value(args: argparse.Namespace) -> int:
     from .value.run import serve_value
 
     try:
-        asyncio.run(serve_value(cfg))
+        run_loop(serve_value(cfg))
     except OSError as e:  # e.g. the listen port is taken, or a TLS file went missing after validation
         logfmt.get_logger("value").error("value_start_failed", error=str(e))
         return EXIT_FAIL

@@ -166,5 +166,5 @@ class ChargePointLink:
                 stats.invalid_frames += 1
                 self._log_invalid(now, dir_name, obs.error.kind.name, obs.error.detail)
             if obs.latency_ns is not None and not up:
-                stats.csms_latency_ns.append(obs.latency_ns)
+                stats.csms_latency.append(obs.latency_ns)
             tap.put(now, cp_id, dir_name, "frame", msg)

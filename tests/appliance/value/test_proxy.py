@@ -42,7 +42,7 @@ async def test_ocpp16_session_passes_through(csms: SimulatedCsms, start_proxy) -
     stats = proxy.stats["CP001"]
     assert stats.frames_up == 12 and stats.frames_down == 12
     assert stats.invalid_frames == 0
-    assert len(stats.csms_latency_ns) == 12
+    assert len(stats.csms_latency) == 12
     await _close(task, ws)
     await wait_for(lambda: "disconnected" in csms.actions("CP001"))
 
