@@ -31,7 +31,7 @@ from ..logfmt import get_logger
 from ..passwords import verify_password
 from ..sdnotify import SystemdNotifier
 from .inspect import FrameInspector
-from .link import GOING_AWAY, NORMAL, ChargePointLink, TapSink
+from .link import GOING_AWAY, NORMAL, ChargePointLink, RelayServerConnection, TapSink
 from .ocppj import version_of
 from .stats import ChargePointStats
 from .upstream import UpstreamDialer, UpstreamError, server_ssl_context
@@ -138,6 +138,7 @@ class ValueChannel:
             max_size=cfg.max_frame_bytes,
             max_queue=16,
             server_header=None,
+            create_connection=RelayServerConnection,
         )
         await self._start_status_socket()
         self._tasks.append(asyncio.create_task(self._stats_to_tap(cfg.tap_stats_interval_s)))

@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from ..config import ChargePointConfig, ValueConfig
+from .link import RelayClientConnection
 
 
 class UpstreamError(Exception):
@@ -122,6 +123,7 @@ class UpstreamDialer:
                 max_size=cfg.max_frame_bytes,
                 max_queue=16,
                 user_agent_header=None,
+                create_connection=RelayClientConnection,
             )
         except ssl.SSLCertVerificationError as e:
             raise UpstreamError(502, "tls_verify_failed", e.verify_message or str(e)) from None

@@ -340,3 +340,29 @@ async def test_status_snapshot_counts_frames_and_latency(csms: SimulatedCsms, st
     assert snap["cp_id"] == "CP001" and snap["frames_up"] == 2 and snap["frames_down"] == 2
     assert snap["csms_latency_ms"]["n"] == 2 and snap["csms_latency_ms"]["p50"] > 0
     await _close(task, ws)
+
+
+async def test_invalid_utf8_text_frame_closes_that_charger_with_1007(csms: SimulatedCsms, start_proxy) -> None:
+    proxy = await start_proxy(csms.url)
+    async with connect(proxy_url(proxy) + "/CP001", subprotocols=["ocpp1.6"]) as bad:
+        await bad.send(b'[2,"1","Heartbeat",{"x":"\xff\xfe"}]', text=True)
+        with pytest.raises(ConnectionClosed):
+            await bad.recv()
+        assert bad.close_code == 1007
+    assert proxy.stats["CP001"].frames_up == 0
+
+
+async def test_csms_call_sent_right_after_the_handshake_is_delivered_first(start_proxy) -> None:
+    """Frames that arrive before the relay is installed (CSMS talks first) are not lost or reordered."""
+    async def talk_first(connection, cp_id):
+        await connection.send('[2,"csms-1","TriggerMessage",{"requestedMessage":"BootNotification"}]')
+        await connection.send('[2,"csms-2","GetConfiguration",{}]')
+        async for _ in connection:
+            pass
+
+    async with SimulatedCsms(raw_handler=talk_first) as csms:
+        proxy = await start_proxy(csms.url)
+        async with connect(proxy_url(proxy) + "/CP001", subprotocols=["ocpp1.6"]) as ws:
+            assert json.loads(await ws.recv())[1] == "csms-1"
+            assert json.loads(await ws.recv())[1] == "csms-2"
+        assert proxy.stats["CP001"].frames_down == 2
