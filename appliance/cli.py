@@ -130,6 +130,69 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_FAIL
 
 
+def cmd_probe_modbus(args: argparse.Namespace) -> int:
+    """Field commissioning: which unit ids answer on this RS-485 port, and which meter each is."""
+    from drivers.modbus.bus import ModbusBus
+    from drivers.modbus.errors import ModbusError
+    from drivers.modbus.probe import parse_units, probe_modbus
+
+    try:
+        units = parse_units(args.units)
+    except ValueError as e:
+        print(f"omgw probe modbus: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    async def run() -> list[Any]:
+        bus = ModbusBus.serial(args.port, baud=args.baud, parity=args.parity, stopbits=args.stopbits,
+                               timeout_s=args.timeout, retries=0)
+        async with bus:
+            return await probe_modbus(bus, units, timeout_s=args.timeout)
+
+    try:
+        results = asyncio.run(run())
+    except ModbusError as e:
+        print(f"omgw probe modbus: {args.port}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    found = [r for r in results if r.responding]
+    if args.json:
+        print(json.dumps([r.__dict__ for r in found], indent=2))
+    else:
+        print(f"{args.port} {args.baud} baud {args.parity}{args.stopbits}: {len(found)} unit(s) answering "
+              f"of {len(units)} probed")
+        for r in found:
+            print(f"  unit {r.unit:3}  {r.model or 'unknown model':10}  {r.detail}")
+    return EXIT_OK if found else EXIT_FAIL
+
+
+def cmd_probe_i2c(args: argparse.Namespace) -> int:
+    """Field commissioning: which addresses answer on this I2C bus, and which chip each is."""
+    from drivers.i2c.probe import probe_i2c
+
+    if args.bus == "sim":  # the simulated bench (demo, HIL in CI): SHT3x 0x44, SHT4x 0x45, BME280 0x76
+        from drivers.sim.i2c import SimulatedBme280, SimulatedSht3x, SimulatedSht4x, SimulatedSMBus
+
+        smbus: Any = SimulatedSMBus({0x44: SimulatedSht3x(), 0x45: SimulatedSht4x(), 0x76: SimulatedBme280()})
+    else:
+        from smbus2 import SMBus
+
+        try:
+            smbus = SMBus(int(args.bus))
+        except (OSError, ValueError) as e:
+            print(f"omgw probe i2c: cannot open bus {args.bus}: {e}", file=sys.stderr)
+            return EXIT_FAIL
+    try:
+        results = probe_i2c(smbus)
+    finally:
+        smbus.close()
+    if args.json:
+        print(json.dumps([{"address": r.address, "chip": r.chip, "identity": r.identity} for r in results], indent=2))
+    else:
+        print(f"i2c bus {args.bus}: {len(results)} device(s)")
+        for r in results:
+            print(f"  {r}")
+    return EXIT_OK if results else EXIT_FAIL
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omgw", description="OCPP Secure O&M Gateway")
     parser.add_argument("--version", action="version", version=f"omgw {__version__}")
@@ -155,6 +218,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="one-shot summary of the channels"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    probe = sub.add_parser("probe", help="scan a bus and identify devices (field commissioning)")
+    probe_sub = probe.add_subparsers(dest="bus_kind", required=True)
+    p = probe_sub.add_parser("modbus", help="find responding Modbus RTU unit ids and meter models")
+    p.add_argument("--port", required=True, help="serial device, e.g. /dev/ttyUSB0")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--parity", choices=["N", "E", "O"], default="N")
+    p.add_argument("--stopbits", type=int, choices=[1, 2], default=1)
+    p.add_argument("--units", default="1-247", help="unit ids, e.g. 1-247 or 1,3,5-9")
+    p.add_argument("--timeout", type=float, default=0.2, help="seconds to wait per unit")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe_modbus)
+    p = probe_sub.add_parser("i2c", help="list I2C addresses and identified chips")
+    p.add_argument("--bus", default="1", help='bus number (/dev/i2c-N), or "sim" for the simulated bench')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe_i2c)
 
     p = sub.add_parser("demo", help="the gateway on simulated hardware with simulated CSMS and chargers")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
