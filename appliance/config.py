@@ -87,9 +87,23 @@ class ValueConfig(_Model):
         return self.tap_secret_file or state_dir / "tap.key"
 
 
+class BlackboxConfig(_Model):
+    """The flight recorder in ``state_dir/blackbox`` (docs/blackbox.md)."""
+
+    max_mb: Annotated[float, Field(gt=0, le=65536)] = 64
+    segment_mb: Annotated[float, Field(gt=0, le=1024)] = 4
+    flush_interval_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    flush_bytes: Annotated[int, Field(ge=4096, le=64 * 1024 * 1024)] = 262144
+    pre_s: Annotated[float, Field(ge=0, le=86400)] = 60
+    post_s: Annotated[float, Field(ge=0, le=86400)] = 30
+    snapshot_keep: Annotated[int, Field(ge=1, le=10000)] = 50
+    snapshot_max_mb: Annotated[float, Field(gt=0, le=65536)] = 200
+
+
 class Config(_Model):
     gateway: GatewayConfig
     value: ValueConfig | None = None
+    blackbox: BlackboxConfig = BlackboxConfig()
 
 
 @dataclass(frozen=True)
