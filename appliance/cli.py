@@ -193,6 +193,81 @@ def cmd_probe_i2c(args: argparse.Namespace) -> int:
     return EXIT_OK if results else EXIT_FAIL
 
 
+def _time_arg(text: str) -> int:
+    """``--since``/``--until``: ISO 8601 (``2026-11-25T17:10:00Z``), epoch seconds, or ``-10m``/``-2h``
+    relative to now; returns ns."""
+    import datetime as dt
+    import re
+    import time as _time
+
+    m = re.fullmatch(r"-(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return _time.time_ns() - int(float(m.group(1)) * scale * 1e9)
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ISO 8601, epoch seconds or -10m/-2h, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return int(when.timestamp() * 1e9)
+
+
+def cmd_blackbox_verify(args: argparse.Namespace) -> int:
+    from .blackbox.store import verify
+
+    try:
+        report = verify(args.dir)
+    except FileNotFoundError:
+        print(f"omgw blackbox verify: {args.dir}: no such directory", file=sys.stderr)
+        return EXIT_FAIL
+    for p in report.problems:
+        print(f"CORRUPT {p}")
+    for n in report.notes:
+        print(f"note    {n}")
+    print(f"{args.dir}: {report.segments} segment(s), {report.records} intact record(s), "
+          f"{len(report.problems)} problem(s)")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_blackbox_dump(args: argparse.Namespace) -> int:
+    from .blackbox.snapshot import dump_jsonl, parse_kinds
+    from .blackbox.store import BlackBox
+
+    try:
+        kinds = parse_kinds(args.kind) if args.kind else None
+    except ValueError as e:
+        print(f"omgw blackbox dump: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    store = BlackBox(args.dir)
+    try:
+        store.open(read_only=True)
+        dump_jsonl(store, args.since, args.until, kinds, sys.stdout)
+    except FileNotFoundError:
+        print(f"omgw blackbox dump: {args.dir}: no such directory", file=sys.stderr)
+        return EXIT_FAIL
+    except BrokenPipeError:  # `| head`
+        return EXIT_OK
+    return EXIT_OK
+
+
+def cmd_blackbox_snapshot(args: argparse.Namespace) -> int:
+    from .blackbox.snapshot import snapshot_now
+
+    out = args.out or args.dir / "snapshots"
+    try:
+        path = snapshot_now(args.dir, out, args.gateway_id, args.reason, args.pre)
+    except FileNotFoundError:
+        print(f"omgw blackbox snapshot: {args.dir}: no such directory", file=sys.stderr)
+        return EXIT_FAIL
+    print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omgw", description="OCPP Secure O&M Gateway")
     parser.add_argument("--version", action="version", version=f"omgw {__version__}")
@@ -234,6 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bus", default="1", help='bus number (/dev/i2c-N), or "sim" for the simulated bench')
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_probe_i2c)
+
+    bb = sub.add_parser("blackbox", help="check, export or cut snapshots of a black-box store")
+    bb_sub = bb.add_subparsers(dest="bb_command", required=True)
+    p = bb_sub.add_parser("verify", help="check every record's CRC; exit 1 on corruption, printing where")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=cmd_blackbox_verify)
+    p = bb_sub.add_parser("dump", help="export records as JSON lines")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--since", type=_time_arg, default=None, help="ISO 8601, epoch seconds, or -10m")
+    p.add_argument("--until", type=_time_arg, default=None)
+    p.add_argument("--kind", action="append", help="telemetry, ocpp, event, command, soh, mark (repeatable)")
+    p.set_defaults(func=cmd_blackbox_dump)
+    p = bb_sub.add_parser("snapshot", help="cut a snapshot of the last --pre seconds now")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--pre", type=float, default=60.0, help="seconds before now (default 60)")
+    p.add_argument("--out", type=Path, default=None, help="archive directory (default DIR/snapshots)")
+    p.add_argument("--gateway-id", default=socket.gethostname())
+    p.set_defaults(func=cmd_blackbox_snapshot)
 
     p = sub.add_parser("demo", help="the gateway on simulated hardware with simulated CSMS and chargers")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
