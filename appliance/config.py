@@ -100,10 +100,81 @@ class BlackboxConfig(_Model):
     snapshot_max_mb: Annotated[float, Field(gt=0, le=65536)] = 200
 
 
+class MeterConfig(_Model):
+    """One Modbus RTU meter; meters sharing a ``port`` share one half-duplex bus."""
+
+    name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")]
+    model: str  # a shipped map name (sdm630, sdm120, abb_b23, em340) or a path to a user-defined map
+    port: str = "/dev/ttyUSB0"  # serial device, or tcp://host:port for a Modbus TCP gateway
+    baud: Annotated[int, Field(ge=1200, le=115200)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit_id: Annotated[int, Field(ge=1, le=247)] = 1
+    timeout_s: Annotated[float, Field(gt=0, le=5)] = 0.3
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    feeds: str | None = None  # cp_id of the charger this meter measures (billing cross-check)
+
+
+class SensorConfig(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")]
+    model: Literal["sht3x", "sht4x", "bme280"]
+    bus: int | Literal["sim"] = 1
+    address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x44
+
+
+class HealthConfig(_Model):
+    transport: Literal["mqtt", "https"] = "mqtt"
+    url: str = "mqtts://localhost:8883"  # mqtts://host:port, mqtt://host:port (needs allow_insecure) or https://...
+    allow_insecure: bool = False
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    topic_prefix: str = "omgw/v1"
+    sample_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 1.0
+    soh_interval_s: Annotated[float, Field(ge=1, le=3600)] = 60
+    spool_mb: Annotated[float, Field(gt=0, le=4096)] = 32
+    bind_interface: str | None = None
+    tap_socket: Path | None = None  # default: value.tap_socket, or /run/omgw/tap.sock
+    status_socket: Path = Path("/run/omgw/health.sock")
+    billing_tolerance_wh: Annotated[float, Field(ge=0)] = 50
+    billing_tolerance_rel: Annotated[float, Field(ge=0, le=1)] = 0.02
+    meters: list[MeterConfig] = []
+    sensors: list[SensorConfig] = []
+
+
+class WatchdogConfig(_Model):
+    enabled: bool = False
+    cp_id: str | None = None  # the charger behind the relay
+    relay_pin: str = "GPIO17"
+    relay_active_high: bool = True
+    alive_pin: str | None = None
+    require_alive_low: bool = False
+    hang_after_s: Annotated[float, Field(gt=0)] = 300
+    offline_after_s: Annotated[float, Field(gt=0)] = 600
+    off_s: Annotated[float, Field(ge=2, le=600)] = 10
+    max_cycles_per_hour: Annotated[int, Field(ge=1, le=60)] = 2
+
+
+class CommandKey(_Model):
+    kid: Annotated[str, Field(min_length=1, max_length=64)]
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key (omgw keygen)
+    allowed: list[Literal["ping", "snapshot", "read_registers", "relay_cycle", "set_sample_interval", "selftest",
+                          "get_config"]]
+
+
+class CommandsConfig(_Model):
+    nonce_file: Path | None = None  # default: state_dir/nonces
+    max_skew_s: Annotated[float, Field(ge=0, le=3600)] = 60
+    keys: list[CommandKey] = []
+
+
 class Config(_Model):
     gateway: GatewayConfig
     value: ValueConfig | None = None
+    health: HealthConfig | None = None
     blackbox: BlackboxConfig = BlackboxConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+    commands: CommandsConfig = CommandsConfig()
 
 
 @dataclass(frozen=True)
@@ -245,6 +316,55 @@ def _value_problems(v: ValueConfig, check_files: bool) -> list[ConfigProblem]:
     return p
 
 
+def _health_problems(cfg: Config, check_files: bool) -> list[ConfigProblem]:
+    h = cfg.health
+    assert h is not None
+    p: list[ConfigProblem] = []
+    scheme = urlsplit(h.url).scheme
+    want = {"mqtt": ("mqtts", "mqtt"), "https": ("https",)}[h.transport]
+    if scheme not in want:
+        p.append(ConfigProblem("health.url", f'transport {h.transport} needs a {"/".join(want)}:// URL, got "{h.url}"'))
+    elif scheme == "mqtt" and not h.allow_insecure:
+        p.append(ConfigProblem("health.url", "mqtt:// is unencrypted; use mqtts:// or set health.allow_insecure = true"))
+    if scheme in ("mqtts", "https") and (h.client_cert is None) != (h.client_key is None):
+        p.append(ConfigProblem("health.client_key", "client_cert and client_key go together"))
+    for kind, items in (("meters", h.meters), ("sensors", h.sensors)):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                p.append(ConfigProblem(f"health.{kind}[{i}].name", f'duplicate name "{item.name}" (also at [{seen[item.name]}])'))
+            seen.setdefault(item.name, i)
+    buses: dict[tuple[str, int], int] = {}
+    for i, m in enumerate(h.meters):
+        if (m.port, m.unit_id) in buses:
+            p.append(ConfigProblem(f"health.meters[{i}].unit_id",
+                                   f"unit {m.unit_id} on {m.port} is already meters[{buses[(m.port, m.unit_id)]}]"))
+        buses.setdefault((m.port, m.unit_id), i)
+    cp_ids = {cp.id for cp in cfg.value.charge_points} if cfg.value else set()
+    for i, m in enumerate(h.meters):
+        if m.feeds is not None and cfg.value is not None and cp_ids and m.feeds not in cp_ids:
+            p.append(ConfigProblem(f"health.meters[{i}].feeds", f'no charge point "{m.feeds}" in value.charge_points'))
+    if check_files:
+        for key in ("ca_file", "client_cert", "client_key"):
+            _check_readable(getattr(h, key), f"health.{key}", p)
+        _secret_mode(h.client_key, "health.client_key", p)
+    if cfg.watchdog.enabled and cfg.watchdog.cp_id is None:
+        p.append(ConfigProblem("watchdog.cp_id", "required when the watchdog is enabled"))
+    kids: dict[str, int] = {}
+    for i, k in enumerate(cfg.commands.keys):
+        if k.kid in kids:
+            p.append(ConfigProblem(f"commands.keys[{i}].kid", f'duplicate key id "{k.kid}"'))
+        kids.setdefault(k.kid, i)
+        try:
+            import base64 as _b64
+
+            if len(_b64.b64decode(k.public_key, validate=True)) != 32:
+                raise ValueError
+        except ValueError:
+            p.append(ConfigProblem(f"commands.keys[{i}].public_key", "expected base64 of a 32-byte Ed25519 public key"))
+    return p
+
+
 def parse(data: dict, source: Path | str = "<config>", check_files: bool = True) -> Config:
     try:
         cfg = Config.model_validate(data)
@@ -253,6 +373,8 @@ def parse(data: dict, source: Path | str = "<config>", check_files: bool = True)
     problems: list[ConfigProblem] = []
     if cfg.value is not None:
         problems += _value_problems(cfg.value, check_files)
+    if cfg.health is not None:
+        problems += _health_problems(cfg, check_files)
     if problems:
         raise ConfigError(source, problems)
     return cfg
