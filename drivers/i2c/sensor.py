@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .bus import I2cBus, SMBusLike
 from .errors import I2cCrcError, I2cError, from_oserror
@@ -225,7 +225,38 @@ class ClimateSensor(abc.ABC):
 
 
 class SensirionSensor(ClimateSensor):
-    """Shared transfers of the Sensirion chips: a command, a wait, then CRC-protected words."""
+    """Shared transfers of the Sensirion chips: a command, a wait, then CRC-protected words.
+
+    A chip module supplies its command table as class attributes and ``mode`` (the measurement
+    command and its maximum duration: SHT3x repeatability, SHT4x precision)."""
+
+    SOFT_RESET_COMMAND: ClassVar[bytes]
+    SOFT_RESET_S: ClassVar[float]
+    SERIAL_COMMAND: ClassVar[bytes]
+    COMMAND_S: ClassVar[float]
+    sample_from_raw: ClassVar[Callable[[int, int], RawSample]]
+    decode_measurement: ClassVar[Callable[[bytes], tuple[int, int]]]
+    mode: Any
+
+    @property
+    def measurement_delay_s(self) -> float:
+        return float(self.mode.max_duration_s)
+
+    def _measure_raw(self) -> RawSample:
+        self._command(self.mode.command)
+        self._sleep(self.mode.max_duration_s)
+        cls = type(self)
+        return cls.sample_from_raw(*cls.decode_measurement(self._read(6)))
+
+    def _soft_reset(self) -> None:
+        self._command(self.SOFT_RESET_COMMAND)
+        self._sleep(self.SOFT_RESET_S)
+
+    def read_serial(self) -> int:
+        """The 32-bit serial number. Raises ``I2cError``."""
+        with self._lock:
+            hi, lo = self._query_words(self.SERIAL_COMMAND, 2, self.COMMAND_S)
+        return (hi << 16) | lo
 
     def _command(self, command: bytes) -> None:
         self._xfer(f"command 0x{command.hex()}", lambda b: write_command(b, self.address, command))

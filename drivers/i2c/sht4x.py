@@ -107,6 +107,16 @@ class Sht4x(SensirionSensor):
     """
 
     model = "SHT4x"
+    SOFT_RESET_COMMAND = CMD_SOFT_RESET
+    SOFT_RESET_S = SOFT_RESET_S
+    SERIAL_COMMAND = CMD_READ_SERIAL
+    COMMAND_S = COMMAND_S
+    sample_from_raw = staticmethod(sample_from_raw)
+    decode_measurement = staticmethod(decode_measurement)
+
+    @property
+    def mode(self) -> Any:
+        return self.precision
 
     def __init__(
         self,
@@ -118,25 +128,6 @@ class Sht4x(SensirionSensor):
     ) -> None:
         super().__init__(bus, address, **options)
         self.precision = precision
-
-    @property
-    def measurement_delay_s(self) -> float:
-        return self.precision.max_duration_s
-
-    def _measure_raw(self) -> RawSample:
-        self._command(self.precision.command)
-        self._sleep(self.precision.max_duration_s)
-        return sample_from_raw(*decode_measurement(self._read(6)))
-
-    def _soft_reset(self) -> None:
-        self._command(CMD_SOFT_RESET)
-        self._sleep(SOFT_RESET_S)
-
-    def read_serial(self) -> int:
-        """The 32-bit serial number (command 0x89). Raises ``I2cError``."""
-        with self._lock:
-            hi, lo = self._query_words(CMD_READ_SERIAL, 2, COMMAND_S)
-        return (hi << 16) | lo
 
     def identify(self) -> str:
         return f"SHT4x serial 0x{self.read_serial():08x}"
