@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.tap import TapRecord
-from appliance.value.ocppj import FrameError, MessageType, parse_frame
+from appliance.ocppj import FrameError, MessageType, parse_frame
 
 __all__ = ["BillingCrossCheck", "ChargePointTracker", "energy_register_wh"]
 

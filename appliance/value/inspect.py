@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from .ocppj import (
+from ..ocppj import (
     VERSIONS,
     ErrorKind,
     Frame,

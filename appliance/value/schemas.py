@@ -66,7 +66,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend, validator_for
 
-from .ocppj import ErrorKind, FrameError
+from ..ocppj import ErrorKind, FrameError
 
 __all__ = ["has_schema", "known_actions", "validate_payload"]
 

@@ -32,7 +32,7 @@ from ..passwords import verify_password
 from ..sdnotify import SystemdNotifier
 from .inspect import FrameInspector
 from .link import GOING_AWAY, NORMAL, ChargePointLink, RelayServerConnection, TapSink
-from .ocppj import version_of
+from ..ocppj import version_of
 from .stats import ChargePointStats
 from .upstream import UpstreamDialer, UpstreamError, server_ssl_context
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.value.inspect import MAX_STORED_ACTION, Direction, FrameInspector, Mode, Observation
-from appliance.value.ocppj import ErrorKind, MessageType, parse_frame
+from appliance.ocppj import ErrorKind, MessageType, parse_frame
 
 UP, DOWN = Direction.UP, Direction.DOWN
 TS = "2026-11-25T17:10:51.123Z"

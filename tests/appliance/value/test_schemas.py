@@ -11,7 +11,7 @@ from jsonschema import Draft4Validator
 from jsonschema.validators import validator_for
 
 from appliance.value import schemas
-from appliance.value.ocppj import ErrorKind, FrameError, error_code_for
+from appliance.ocppj import ErrorKind, FrameError, error_code_for
 from appliance.value.schemas import has_schema, known_actions, validate_payload
 
 TS = "2026-11-25T17:10:51.123Z"

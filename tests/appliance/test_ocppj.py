@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.value.ocppj import (
+from appliance.ocppj import (
     VERSIONS,
     ErrorKind,
     Frame,
