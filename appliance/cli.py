@@ -268,6 +268,29 @@ def cmd_blackbox_snapshot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .health.keys_cli import keygen
+
+    try:
+        keygen(args.prefix, kid=args.kid)
+    except FileExistsError as e:
+        print(f"omgw keygen: {e} (refusing to overwrite a key)", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def cmd_sign_command(args: argparse.Namespace) -> int:
+    from .health.keys_cli import KeyFileError, sign
+
+    try:
+        envelope = sign(args.key, args.kid, args.gateway, args.name, args.args, args.ttl)
+    except (KeyFileError, ValueError) as e:
+        print(f"omgw sign-command: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    sys.stdout.write(envelope.decode() + "\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omgw", description="OCPP Secure O&M Gateway")
     parser.add_argument("--version", action="version", version=f"omgw {__version__}")
@@ -328,6 +351,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="archive directory (default DIR/snapshots)")
     p.add_argument("--gateway-id", default=socket.gethostname())
     p.set_defaults(func=cmd_blackbox_snapshot)
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing remote commands")
+    p.add_argument("prefix", type=Path, help="writes PREFIX.key (0600) and PREFIX.pub")
+    p.add_argument("--kid", default=None, help="key id (default: the prefix's file name)")
+    p.set_defaults(func=cmd_keygen)
+    p = sub.add_parser("sign-command", help="operator side: sign a remote command for one gateway")
+    p.add_argument("--key", type=Path, required=True, help="private key file from omgw keygen")
+    p.add_argument("--kid", required=True)
+    p.add_argument("--gateway", required=True)
+    p.add_argument("--ttl", type=int, default=300, help="validity in seconds (default 300)")
+    p.add_argument("name", help="ping, snapshot, read_registers, relay_cycle, set_sample_interval, selftest, get_config")
+    p.add_argument("args", nargs="?", default="{}", help="arguments as a JSON object")
+    p.set_defaults(func=cmd_sign_command)
 
     p = sub.add_parser("demo", help="the gateway on simulated hardware with simulated CSMS and chargers")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
