@@ -64,6 +64,22 @@ def cmd_value(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    cfg = _load_config(args.config)
+    if cfg.health is None:
+        print("omgw health: the config has no [health] section", file=sys.stderr)
+        return EXIT_CONFIG
+    logfmt.setup(args.log_level)
+    from .health.run import serve_health
+
+    try:
+        run_loop(serve_health(cfg))
+    except OSError as e:
+        logfmt.get_logger("health").error("health_start_failed", error=str(e))
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from .passwords import hash_password
 
@@ -308,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("value", help="run the value channel (OCPP proxy)"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_value)
+
+    p = with_config(sub.add_parser("health", help="run the health channel (telemetry, black box, uplink)"))
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_health)
 
     p = sub.add_parser("hash-password", help="hash a charger password for charger_password_hash")
     p.add_argument("--stdin", action="store_true", help="read the password from stdin")

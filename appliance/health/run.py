@@ -1,0 +1,295 @@
+"""``omgw health``: wires the health channel together (Channel B).
+
+Everything the health side sees goes through one function, :meth:`HealthChannel.record`: it is
+appended to the black box (where the snapshot recorder watches for faults) and, for what the O&M
+centre subscribes to, published. The tap is only read; nothing here can write to the value process
+or the CSMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..blackbox.record import Record, RecordKind
+from ..blackbox.snapshot import SnapshotArchive, SnapshotRecorder
+from ..blackbox.store import BlackBox
+from ..config import Config, HealthConfig
+from ..logfmt import get_logger
+from ..sdnotify import SystemdNotifier
+from ..tap import TapReceiver, TapRecord
+from .commands import CommandDispatcher, CommandFailed, NonceStore, TrustedKey, keyring, redact
+from .cpstate import BillingCrossCheck, ChargePointTracker
+from .internals import GatewayInternals
+from .mqtt import Command, MqttSettings, MqttUplink
+from .sampler import Sample, Sampler
+from .soh import HealthAccumulator
+from .spool import Spool
+from .topics import Topics
+
+log = get_logger("health")
+
+
+def _open_meters(h: HealthConfig) -> tuple[list[Any], list[Any]]:
+    """One ModbusBus per port (RS-485 is half duplex), shared by the meters on it."""
+    from drivers.modbus.bus import ModbusBus
+    from drivers.modbus.meter import Meter
+    from drivers.modbus.regmap import load_map
+
+    by_port: dict[str, list[Any]] = defaultdict(list)
+    for m in h.meters:
+        by_port[m.port].append(m)
+    buses, meters = [], []
+    for port, cfgs in by_port.items():
+        first = cfgs[0]
+        if port.startswith("tcp://"):
+            from pymodbus.client import AsyncModbusTcpClient
+
+            url = urlsplit(port)
+            bus = ModbusBus(AsyncModbusTcpClient(url.hostname or "localhost", port=url.port or 502, retries=0),
+                            name=port, timeout_s=first.timeout_s, retries=first.retries)
+        else:
+            bus = ModbusBus.serial(port, baud=first.baud, parity=first.parity, stopbits=first.stopbits,
+                                   timeout_s=first.timeout_s, retries=first.retries)
+        buses.append(bus)
+        meters += [Meter(m.name, load_map(m.model), m.unit_id, bus) for m in cfgs]
+    return buses, meters
+
+
+def _open_sensors(h: HealthConfig, smbus_factory: Any = None) -> list[Any]:
+    from drivers.i2c.bme280 import Bme280
+    from drivers.i2c.bus import I2cBus
+    from drivers.i2c.sht3x import Sht3x
+    from drivers.i2c.sht4x import Sht4x
+
+    classes = {"sht3x": Sht3x, "sht4x": Sht4x, "bme280": Bme280}
+    buses: dict[Any, Any] = {}
+    sensors = []
+    for s in h.sensors:
+        if s.bus not in buses:
+            if smbus_factory is not None:
+                factory = smbus_factory(s.bus)
+            elif s.bus == "sim":  # the simulated bench: every sensor on "sim" gets its chip model
+                from drivers.sim.i2c import SimulatedBme280, SimulatedSht3x, SimulatedSht4x, SimulatedSMBus
+
+                models = {"sht3x": SimulatedSht3x, "sht4x": SimulatedSht4x, "bme280": SimulatedBme280}
+                sim = SimulatedSMBus({x.address: models[x.model]() for x in h.sensors if x.bus == "sim"})
+                factory = (lambda b: lambda: b)(sim)
+            else:
+                from smbus2 import SMBus
+
+                factory = (lambda n: lambda: SMBus(n))(int(s.bus))
+            buses[s.bus] = I2cBus(factory, number=s.bus if isinstance(s.bus, int) else 0)
+        sensors.append(classes[s.model](buses[s.bus], s.address, name=s.name))
+    return sensors
+
+
+class HealthChannel:
+    def __init__(self, config: Config, *, smbus_factory: Any = None, clock: Any = time.time_ns):
+        assert config.health is not None
+        self.config = config
+        self.h: HealthConfig = config.health
+        self.gw = config.gateway
+        self.clock = clock
+        self.topics = Topics(self.gw.id, self.h.topic_prefix)
+        self.seq: dict[str, int] = defaultdict(int)
+        state = self.gw.state_dir
+        bb = config.blackbox
+        self.store = BlackBox(state / "blackbox", max_mb=bb.max_mb, segment_mb=bb.segment_mb,
+                              flush_interval_s=bb.flush_interval_s, flush_bytes=bb.flush_bytes,
+                              on_error=self._store_error)
+        self.archive = SnapshotArchive(state / "blackbox" / "snapshots", keep_count=bb.snapshot_keep,
+                                       keep_mb=bb.snapshot_max_mb)
+        self.recorder = SnapshotRecorder(self.store, self.archive, self.gw.id, pre_s=bb.pre_s, post_s=bb.post_s,
+                                         on_written=self._snapshot_written)
+        self.tracker = ChargePointTracker()
+        feeds = {m.feeds: m.name for m in self.h.meters if m.feeds}
+        self.billing = BillingCrossCheck(feeds, abs_tolerance_wh=self.h.billing_tolerance_wh,
+                                         rel_tolerance=self.h.billing_tolerance_rel)
+        self.soh = HealthAccumulator()
+        self.internals = GatewayInternals(state)
+        self.spool = Spool(state / "spool", self.h.spool_mb)
+        self.uplink = self._make_uplink()
+        self.buses, self.meters = _open_meters(self.h)
+        self.sensors = _open_sensors(self.h, smbus_factory)
+        self.sampler = Sampler(self.meters, self.sensors, self.internals, on_sample=self._on_sample,
+                               interval_s=self.h.sample_interval_s)
+        c = config.commands
+        keys = keyring(TrustedKey(k.kid, k.public_key, frozenset(k.allowed)) for k in c.keys)
+        self.nonces = NonceStore(c.nonce_file or state / "nonces")
+        self.dispatcher = CommandDispatcher(keys, self.gw.id, self.nonces, self._command_handlers(),
+                                            audit=lambda rec: self.record(RecordKind.COMMAND, rec, publish=False),
+                                            max_skew_s=c.max_skew_s)
+        self.receiver: TapReceiver | None = None
+        self.notifier = SystemdNotifier()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- uplink ---------------------------------------------------------------------------------
+
+    def _make_uplink(self) -> MqttUplink:
+        h = self.h
+        if h.transport != "mqtt":
+            raise NotImplementedError("the https transport is not wired into omgw health yet (see docs/mqtt.md)")
+        url = urlsplit(h.url)
+        settings = MqttSettings(host=url.hostname or "localhost", port=url.port or 8883, gateway_id=self.gw.id,
+                                ca_file=str(h.ca_file), cert_file=str(h.client_cert), key_file=str(h.client_key),
+                                topic_prefix=h.topic_prefix, bind_interface=h.bind_interface, version=__version__)
+        return MqttUplink(settings, self.spool, on_command=self._on_command)
+
+    def publish(self, topic: str, payload: dict[str, Any], *, name: str, retain: bool = False) -> None:
+        payload = {"schema": 1, "seq": self.seq[name], **{k: v for k, v in payload.items() if k not in ("schema", "seq")}}
+        self.seq[name] += 1
+        self.uplink.publish(topic, json.dumps(payload, separators=(",", ":"), default=str).encode(), retain=retain)
+
+    # ---- the one path for everything the health side sees ---------------------------------------
+
+    def record(self, kind: RecordKind, payload: dict[str, Any], *, publish: bool = True,
+               time_ns: int | None = None) -> Record:
+        rec = self.recorder.append(kind, payload, time_ns)
+        if publish and kind is RecordKind.EVENT:
+            self.publish(self.topics.event, {"ts_ns": rec.time_ns, **payload}, name="event")
+        return rec
+
+    def _store_error(self, kind: str, detail: str) -> None:
+        log.error("blackbox_" + kind, detail=detail)
+        with contextlib.suppress(Exception):
+            self.publish(self.topics.event, {"kind": "blackbox_" + kind, "detail": detail}, name="event")
+
+    def _snapshot_written(self, path: Path, manifest: dict[str, Any]) -> None:
+        log.info("snapshot_written", path=str(path), id=manifest.get("snapshot_id"))
+        self.publish(f"{self.topics.base}/blackbox/{manifest['snapshot_id']}", manifest, name="blackbox")
+
+    def _on_sample(self, sample: Sample) -> None:
+        payload = sample.to_payload()
+        self.record(RecordKind.TELEMETRY, payload, publish=False, time_ns=sample.ts_ns)
+        self.publish(self.topics.telemetry, payload, name="telemetry")
+        self.soh.add_sample(sample, time.time())
+        for ev in self.billing.feed_sample(sample.ts_ns, payload["meters"]):
+            self.record(RecordKind.EVENT, ev)
+
+    def _on_tap(self, rec: TapRecord) -> None:
+        payload: dict[str, Any] = {"cp": rec.cp_id, "dir": rec.direction, "ev": rec.event}
+        if rec.frame is not None:
+            payload["f"] = rec.frame
+        if rec.extra:
+            payload["x"] = dict(rec.extra)
+        self.record(RecordKind.OCPP, payload, publish=False, time_ns=rec.time_ns)
+        for ev in self.tracker.apply(rec):
+            self.record(RecordKind.EVENT, ev)
+            for bev in self.billing.on_event(ev):
+                self.record(RecordKind.EVENT, bev)
+
+    async def _read_tap(self) -> None:
+        assert self.receiver is not None
+        async for dgram in self.receiver.datagrams():
+            for rec in dgram.records:
+                self._on_tap(rec)
+            for cp_id in self.tracker.changed():
+                self.publish(self.topics.cp_state(cp_id) if hasattr(self.topics, "cp_state")
+                             else f"{self.topics.base}/ocpp/{cp_id}/state",
+                             self.tracker.state(cp_id), name="cp_state", retain=True)
+
+    async def _publish_soh(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.h.soh_interval_s)
+            self.soh.set_blackbox_stats(self.store.stats())
+            self.soh.set_chargers(self.tracker.totals())
+            snap = self.soh.snapshot(time.time())
+            self.record(RecordKind.SOH, snap, publish=False)
+            self.publish(self.topics.soh, snap, name="soh")
+
+    # ---- commands -------------------------------------------------------------------------------
+
+    def _on_command(self, cmd: Command) -> None:
+        async def handle() -> None:
+            reply = await self.dispatcher.handle(cmd.name, cmd.payload)
+            if cmd.response_topic:
+                self.uplink.reply(cmd.response_topic, cmd.correlation_data, json.dumps(reply).encode())
+
+        self._tasks.append(asyncio.create_task(handle()))
+
+    def _command_handlers(self) -> dict[str, Any]:
+        async def ping(args: dict[str, Any]) -> dict[str, Any]:
+            return {"pong": True, "version": __version__, "time_ns": time.time_ns()}
+
+        async def snapshot(args: dict[str, Any]) -> dict[str, Any]:
+            self.recorder.request(args.get("reason", "remote command"))
+            return {"requested": True}
+
+        async def set_sample_interval(args: dict[str, Any]) -> dict[str, Any]:
+            self.sampler.set_interval(float(args["interval_s"]))
+            return {"interval_s": float(args["interval_s"])}
+
+        async def get_config(args: dict[str, Any]) -> dict[str, Any]:
+            return redact(self.config.model_dump(mode="json"))
+
+        async def selftest(args: dict[str, Any]) -> dict[str, Any]:
+            return {"blackbox": self.store.stats(), "uplink": self.uplink.stats(), "sampler": self.sampler.stats()}
+
+        async def read_registers(args: dict[str, Any]) -> dict[str, Any]:
+            meter = next((m for m in self.meters if m.name == args.get("meter")), None)
+            if meter is None:
+                raise CommandFailed("bad_arguments", f"no meter {args.get('meter')!r}")
+            regs = await meter.bus.read_registers(meter.unit_id, args["function"], args["address"], args["count"])
+            return {"registers": list(regs)}
+
+        return {"ping": ping, "snapshot": snapshot, "set_sample_interval": set_sample_interval,
+                "get_config": get_config, "selftest": selftest, "read_registers": read_registers}
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        report = self.store.open()
+        log.info("blackbox_open", segments=len(report.segments) if hasattr(report, "segments") else "?")
+        tap_path = self.h.tap_socket or (self.config.value.tap_socket if self.config.value else
+                                         Path("/run/omgw/tap.sock"))
+        self.receiver = TapReceiver(str(tap_path))
+        self.receiver.start()
+        for bus in self.buses:
+            with contextlib.suppress(Exception):
+                await bus.open()  # a missing adapter is reported per meter by the sampler, every cycle
+        await self.uplink.start()
+        self._tasks += [asyncio.create_task(self._read_tap()), asyncio.create_task(self.sampler.run(stop)),
+                        asyncio.create_task(self.recorder.run(stop)), asyncio.create_task(self.store.run(stop)),
+                        asyncio.create_task(self._publish_soh(stop))]
+        self.notifier.ready("health channel running")
+        log.info("health_started", gateway=self.gw.id, meters=len(self.meters), sensors=len(self.sensors),
+                 tap=str(tap_path), broker=self.h.url)
+        try:
+            await stop.wait()
+        finally:
+            self.notifier.stopping()
+            log.info("health_stopping")
+            for t in self._tasks:
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.receiver.close()
+            await self.uplink.stop()
+            for bus in self.buses:
+                bus.close()
+            self.store.close()
+            self.spool.close()
+            self.nonces.close()
+            log.info("health_stopped")
+
+
+async def serve_health(config: Config, stop: asyncio.Event | None = None, **kwargs: Any) -> None:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    channel = HealthChannel(config, **kwargs)
+    await channel.run(stop)
+
+
+__all__ = ["HealthChannel", "serve_health"]

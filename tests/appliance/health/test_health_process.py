@@ -1,0 +1,128 @@
+"""``omgw health`` end to end: simulated meter on a pty, simulated sensors, the tap, a real mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from drivers.modbus.regmap import load_map
+from drivers.sim.modbus_meter import SimulatedBus, SimulatedMeter
+
+from appliance.health.commands import generate_keypair, sign_command
+from appliance.tap import TapSender
+
+OMGW = [sys.executable, "-m", "appliance.cli"]
+
+
+def _config(tmp_path: Path, broker, pki, port: str, public_key: str) -> Path:
+    text = f"""
+[gateway]
+id = "GW1"
+state_dir = "{tmp_path / 'state'}"
+
+[health]
+url = "mqtts://localhost:{broker.port}"
+ca_file = "{pki.ca_file}"
+client_cert = "{pki.client.cert}"
+client_key = "{pki.client.key}"
+tap_socket = "{tmp_path / 'tap.sock'}"
+soh_interval_s = 2
+
+[[health.meters]]
+name = "feed1"
+model = "sdm630"
+port = "{port}"
+unit_id = 1
+timeout_s = 0.2
+
+[[health.sensors]]
+name = "cabinet"
+model = "sht3x"
+bus = "sim"
+address = 0x44
+
+[blackbox]
+pre_s = 2
+post_s = 1
+
+[[commands.keys]]
+kid = "ops"
+public_key = "{public_key}"
+allowed = ["ping", "snapshot"]
+"""
+    path = tmp_path / "omgw.toml"
+    path.write_text(text)
+    return path
+
+
+async def test_health_process_publishes_records_and_answers_commands(tmp_path, mosquitto, health_pki,
+                                                                      subscribe) -> None:
+    priv, pub = generate_keypair()
+    async with SimulatedBus([SimulatedMeter(load_map("sdm630"), 1)], workdir=tmp_path / "line") as sim:
+        cfg = _config(tmp_path, mosquitto, health_pki, sim.port, pub)
+        check = await asyncio.create_subprocess_exec(*OMGW, "check-config", "-c", str(cfg),
+                                                     stdout=asyncio.subprocess.PIPE)
+        out, _ = await check.communicate()
+        assert check.returncode == 0, out.decode()
+        sub = subscribe(mosquitto, "omgw/v1/GW1/#")
+        log = (tmp_path / "health.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(*OMGW, "health", "-c", str(cfg), stdout=log,
+                                                    stderr=asyncio.subprocess.STDOUT, env=dict(os.environ))
+        try:
+            # 1 Hz telemetry with the meter and the sensor.
+            await asyncio.to_thread(sub.wait_for, lambda ms: sum(m.topic.endswith("/telemetry") for m in ms) >= 3, 20)
+            tele = [m.json() for m in sub.snapshot() if m.topic.endswith("/telemetry")]
+            assert [t["seq"] for t in tele[:3]] == [0, 1, 2]
+            assert tele[-1]["meters"][0]["name"] == "feed1"
+            volts = tele[-1]["meters"][0]["values"]["voltage_L1"]
+            assert volts["q"] == "ok" and 200 < volts["v"] < 260
+            assert tele[-1]["sensors"][0]["q"] == "ok"
+            status = [m for m in sub.snapshot() if m.topic.endswith("/status")]
+            assert status and status[-1].retain is True or status[-1].json()["state"] == "online"
+
+            # A charger reports Faulted through the tap: an event, the charger's state and a snapshot.
+            tap = TapSender(str(tmp_path / "tap.sock"), "GW1")
+            tap_task = asyncio.create_task(tap.run())
+            now = time.time_ns()
+            tap.put(now, "CP001", "", "connect", subprotocol="ocpp1.6")
+            tap.put(now + 1, "CP001", "up", "frame",
+                    '[2,"s1","StatusNotification",{"connectorId":1,"errorCode":"GroundFailure","status":"Faulted"}]')
+            tap.put(now + 2, "CP001", "down", "frame", '[3,"s1",{}]')
+            await asyncio.to_thread(sub.wait_for, lambda ms: any("/blackbox/" in m.topic for m in ms), 20)
+            events = [m.json() for m in sub.snapshot() if m.topic.endswith("/event")]
+            assert any(e.get("kind") == "fault" for e in events)
+            states = [m.json() for m in sub.snapshot() if m.topic.endswith("/ocpp/CP001/state")]
+            assert states and states[-1]["connectors"]["1"]["status"] == "Faulted"
+            manifest = next(m.json() for m in sub.snapshot() if "/blackbox/" in m.topic)
+            assert manifest["gateway_id"] == "GW1" and manifest["records"]["by_kind"]["ocpp"] >= 2
+            assert any("ocpp_faulted" in r for r in manifest["trigger"]["reasons"])
+            tap_task.cancel()
+
+            # A signed ping is answered on the response topic; a forged one is refused.
+            envelope = sign_command(priv, "ops", "ping", "GW1", {})
+            reply_sub = subscribe(mosquitto, "ops/replies/#", client_id="ops")
+            reply_sub.publish("omgw/v1/GW1/cmd/ping", envelope, response_topic="ops/replies/1",
+                              correlation_data=b"c1")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 1, 10)
+            assert replies[0].json()["ok"] is True and replies[0].json()["result"]["pong"] is True
+            other_priv, _ = generate_keypair()
+            reply_sub.publish("omgw/v1/GW1/cmd/ping", sign_command(other_priv, "ops", "ping", "GW1", {}),
+                              response_topic="ops/replies/2", correlation_data=b"c2")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 2, 10)
+            assert replies[1].json()["ok"] is False and replies[1].json()["error"] == "bad_signature"
+
+            # SOH every soh_interval_s.
+            await asyncio.to_thread(sub.wait_for, lambda ms: any(m.topic.endswith("/soh") for m in ms), 10)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                rc = await asyncio.wait_for(proc.wait(), 20)
+                assert rc == 0, (tmp_path / "health.log").read_text()[-3000:]
+            log.close()
+    text = (tmp_path / "health.log").read_text()
+    assert "Traceback" not in text, text[-3000:]
