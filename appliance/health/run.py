@@ -128,9 +128,57 @@ class HealthChannel:
         self.dispatcher = CommandDispatcher(keys, self.gw.id, self.nonces, self._command_handlers(),
                                             audit=lambda rec: self.record(RecordKind.COMMAND, rec, publish=False),
                                             max_skew_s=c.max_skew_s)
+        self.watchdog = self._make_watchdog()
+        self._disconnected_since: dict[str, int] = {}
         self.receiver: TapReceiver | None = None
         self.notifier = SystemdNotifier()
         self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- relay watchdog -------------------------------------------------------------------------
+
+    def _make_watchdog(self) -> Any:
+        w = self.config.watchdog
+        if not w.enabled:
+            return None
+        from gpiozero import Device
+
+        from drivers.gpio.relay import ChargerRelay
+
+        from ..watchdog.policy import PowerCyclePolicy, WatchdogSettings
+        from ..watchdog.run import RelayWatchdog
+
+        Device.ensure_pin_factory()  # honours GPIOZERO_PIN_FACTORY ("mock" on the simulated bench)
+        factory = Device.pin_factory
+        relay = ChargerRelay(w.relay_pin, pin_factory=factory, name=f"relay-{w.cp_id}",
+                             active_high=w.relay_active_high)
+        alive = None
+        if w.alive_pin is not None:
+            from drivers.gpio.inputs import DigitalInput
+
+            alive = DigitalInput(f"alive-{w.cp_id}", w.alive_pin, pin_factory=factory,
+                                 loop=asyncio.get_running_loop())
+        settings = WatchdogSettings(hang_after_s=w.hang_after_s, offline_after_s=w.offline_after_s,
+                                    require_alive_low=w.require_alive_low, off_s=w.off_s,
+                                    max_cycles_per_hour=w.max_cycles_per_hour)
+        assert w.cp_id is not None
+        return RelayWatchdog(w.cp_id, PowerCyclePolicy(settings), relay, self._observe_charger,
+                             lambda ev: self.record(RecordKind.EVENT, ev), alive_input=alive)
+
+    def _observe_charger(self) -> Any:
+        from ..watchdog.policy import ChargerObservation
+
+        cp_id = self.config.watchdog.cp_id
+        assert cp_id is not None
+        st = self.tracker.state(cp_id) if cp_id in self.tracker.cp_ids() else {}
+        connected = bool(st.get("connected"))
+        now = time.time_ns()
+        if connected:
+            self._disconnected_since.pop(cp_id, None)
+        elif st:
+            self._disconnected_since.setdefault(cp_id, now)
+        return ChargerObservation(now_ns=now, connected=connected, last_frame_ns=st.get("last_frame_ns"),
+                                  disconnected_since_ns=self._disconnected_since.get(cp_id),
+                                  transaction_active=st.get("transaction") is not None, alive_input=None)
 
     # ---- uplink ---------------------------------------------------------------------------------
 
@@ -242,7 +290,15 @@ class HealthChannel:
             regs = await meter.bus.read_registers(meter.unit_id, args["function"], args["address"], args["count"])
             return {"registers": list(regs)}
 
-        return {"ping": ping, "snapshot": snapshot, "set_sample_interval": set_sample_interval,
+        async def relay_cycle(args: dict[str, Any]) -> dict[str, Any]:
+            if self.watchdog is None or args.get("cp") != self.config.watchdog.cp_id:
+                raise CommandFailed("bad_arguments", f"no relay for charge point {args.get('cp')!r}")
+            event = await self.watchdog.manual_cycle(bool(args.get("force", False)))
+            if event.get("kind") == "watchdog_refused":
+                raise CommandFailed(event.get("code") or "refused", event.get("reason", ""))
+            return event
+
+        return {"ping": ping, "snapshot": snapshot, "relay_cycle": relay_cycle, "set_sample_interval": set_sample_interval,
                 "get_config": get_config, "selftest": selftest, "read_registers": read_registers}
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -261,6 +317,8 @@ class HealthChannel:
         self._tasks += [asyncio.create_task(self._read_tap()), asyncio.create_task(self.sampler.run(stop)),
                         asyncio.create_task(self.recorder.run(stop)), asyncio.create_task(self.store.run(stop)),
                         asyncio.create_task(self._publish_soh(stop))]
+        if self.watchdog is not None:
+            self._tasks.append(asyncio.create_task(self.watchdog.run(stop)))
         self.notifier.ready("health channel running")
         log.info("health_started", gateway=self.gw.id, meters=len(self.meters), sensors=len(self.sensors),
                  tap=str(tap_path), broker=self.h.url)

@@ -50,10 +50,17 @@ address = 0x44
 pre_s = 2
 post_s = 1
 
+[watchdog]
+enabled = true
+cp_id = "CP001"
+off_s = 2
+hang_after_s = 3600
+offline_after_s = 3600
+
 [[commands.keys]]
 kid = "ops"
 public_key = "{public_key}"
-allowed = ["ping", "snapshot"]
+allowed = ["ping", "snapshot", "relay_cycle"]
 """
     path = tmp_path / "omgw.toml"
     path.write_text(text)
@@ -72,7 +79,8 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
         sub = subscribe(mosquitto, "omgw/v1/GW1/#")
         log = (tmp_path / "health.log").open("wb")
         proc = await asyncio.create_subprocess_exec(*OMGW, "health", "-c", str(cfg), stdout=log,
-                                                    stderr=asyncio.subprocess.STDOUT, env=dict(os.environ))
+                                                    stderr=asyncio.subprocess.STDOUT,
+                                                    env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
         try:
             # 1 Hz telemetry with the meter and the sensor.
             await asyncio.to_thread(sub.wait_for, lambda ms: sum(m.topic.endswith("/telemetry") for m in ms) >= 3, 20)
@@ -115,6 +123,29 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
                               response_topic="ops/replies/2", correlation_data=b"c2")
             replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 2, 10)
             assert replies[1].json()["ok"] is False and replies[1].json()["error"] == "bad_signature"
+
+            # relay_cycle honours the transaction guard unless forced.
+            tap = TapSender(str(tmp_path / "tap.sock"), "GW1")
+            tap_task = asyncio.create_task(tap.run())
+            now = time.time_ns()
+            tap.put(now, "CP001", "up", "frame",
+                    '[2,"t1","StartTransaction",{"connectorId":1,"idTag":"hmac:00","meterStart":0,'
+                    '"timestamp":"2026-11-25T10:00:00Z"}]')
+            tap.put(now + 1, "CP001", "down", "frame", '[3,"t1",{"transactionId":7,"idTagInfo":{"status":"Accepted"}}]')
+            await asyncio.to_thread(sub.wait_for, lambda ms: any(
+                m.topic.endswith("/ocpp/CP001/state") and m.json().get("transaction") for m in ms), 10)
+            reply_sub.publish("omgw/v1/GW1/cmd/relay_cycle",
+                              sign_command(priv, "ops", "relay_cycle", "GW1", {"cp": "CP001"}),
+                              response_topic="ops/replies/3", correlation_data=b"c3")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 3, 10)
+            assert replies[2].json()["ok"] is False and replies[2].json()["error"] == "transaction_active"
+            reply_sub.publish("omgw/v1/GW1/cmd/relay_cycle",
+                              sign_command(priv, "ops", "relay_cycle", "GW1", {"cp": "CP001", "force": True}),
+                              response_topic="ops/replies/4", correlation_data=b"c4")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 4, 15)
+            assert replies[3].json()["ok"] is True
+            assert abs(replies[3].json()["result"]["off_s"] - 2.0) < 0.05
+            tap_task.cancel()
 
             # SOH every soh_interval_s.
             await asyncio.to_thread(sub.wait_for, lambda ms: any(m.topic.endswith("/soh") for m in ms), 10)
