@@ -182,10 +182,14 @@ class HealthChannel:
 
     # ---- uplink ---------------------------------------------------------------------------------
 
-    def _make_uplink(self) -> MqttUplink:
+    def _make_uplink(self) -> Any:
         h = self.h
-        if h.transport != "mqtt":
-            raise NotImplementedError("the https transport is not wired into omgw health yet (see docs/mqtt.md)")
+        if h.transport == "https":
+            # Batches POSTed with mTLS; there is no inbound path, so remote commands need MQTT.
+            from .https_uplink import HttpsSettings, HttpsUplink
+
+            return HttpsUplink(HttpsSettings(url=h.url, ca_file=str(h.ca_file), cert_file=str(h.client_cert),
+                                             key_file=str(h.client_key)), self.spool)
         url = urlsplit(h.url)
         settings = MqttSettings(host=url.hostname or "localhost", port=url.port or 8883, gateway_id=self.gw.id,
                                 ca_file=str(h.ca_file), cert_file=str(h.client_cert), key_file=str(h.client_key),
@@ -214,6 +218,14 @@ class HealthChannel:
     def _snapshot_written(self, path: Path, manifest: dict[str, Any]) -> None:
         log.info("snapshot_written", path=str(path), id=manifest.get("snapshot_id"))
         self.publish(f"{self.topics.base}/blackbox/{manifest['snapshot_id']}", manifest, name="blackbox")
+        if hasattr(self.uplink, "upload_snapshot"):  # HTTPS: the archive itself goes to the endpoint
+            self._tasks.append(asyncio.ensure_future(self._upload(path)))
+
+    async def _upload(self, path: Path) -> None:
+        try:
+            await self.uplink.upload_snapshot(path)
+        except Exception as e:  # noqa: BLE001 - the archive stays on the card; the manifest was sent
+            log.warning("snapshot_upload_failed", path=str(path), error=repr(e))
 
     def _on_sample(self, sample: Sample) -> None:
         payload = sample.to_payload()
