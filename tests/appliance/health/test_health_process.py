@@ -14,7 +14,17 @@ from drivers.modbus.regmap import load_map
 from drivers.sim.modbus_meter import SimulatedBus, SimulatedMeter
 
 from appliance.health.commands import generate_keypair, sign_command
+from appliance.health.payloads import validate
 from appliance.tap import TapSender
+
+
+def schema_name(topic: str) -> str:
+    tail = topic.split("/", 3)[3]
+    if tail.startswith("ocpp/"):
+        return "cp_state"
+    if tail.startswith("blackbox/"):
+        return "blackbox_manifest"
+    return tail
 
 OMGW = [sys.executable, "-m", "appliance.cli"]
 
@@ -149,6 +159,18 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
 
             # SOH every soh_interval_s.
             await asyncio.to_thread(sub.wait_for, lambda ms: any(m.topic.endswith("/soh") for m in ms), 10)
+
+            # Every payload the gateway published validates against its JSON Schema in the repo.
+            problems = []
+            for m in sub.snapshot():
+                if "/cmd/" in m.topic:  # the operator's signed commands, not the gateway's payloads
+                    continue
+                name = schema_name(m.topic)
+                try:
+                    validate(name, m.payload)
+                except Exception as e:  # noqa: BLE001 - collect them all for one clear failure
+                    problems.append(f"{m.topic}: {str(e).splitlines()[0]}")
+            assert not problems, "\n".join(sorted(set(problems))[:20])
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
