@@ -149,8 +149,22 @@ class HealthChannel:
 
         Device.ensure_pin_factory()  # honours GPIOZERO_PIN_FACTORY ("mock" on the simulated bench)
         factory = Device.pin_factory
+        cycles_file = self.gw.state_dir / f"relay-{w.cp_id}.cycles"
+        try:
+            initial = int(cycles_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            initial = 0
         relay = ChargerRelay(w.relay_pin, pin_factory=factory, name=f"relay-{w.cp_id}",
-                             active_high=w.relay_active_high)
+                             active_high=w.relay_active_high, initial_cycles=initial)
+
+        def on_decision(ev: dict[str, Any]) -> None:
+            self.record(RecordKind.EVENT, ev)
+            if ev.get("kind") == "watchdog_power_cycle" and ev.get("phase") in ("done", "interrupted"):
+                with contextlib.suppress(OSError):  # lifetime cycles vs rated life (SOH)
+                    tmp = cycles_file.with_suffix(".tmp")
+                    tmp.write_text(f"{relay.cycles}\n")
+                    tmp.replace(cycles_file)
+
         alive = None
         if w.alive_pin is not None:
             from drivers.gpio.inputs import DigitalInput
@@ -161,8 +175,8 @@ class HealthChannel:
                                     require_alive_low=w.require_alive_low, off_s=w.off_s,
                                     max_cycles_per_hour=w.max_cycles_per_hour)
         assert w.cp_id is not None
-        return RelayWatchdog(w.cp_id, PowerCyclePolicy(settings), relay, self._observe_charger,
-                             lambda ev: self.record(RecordKind.EVENT, ev), alive_input=alive)
+        return RelayWatchdog(w.cp_id, PowerCyclePolicy(settings), relay, self._observe_charger, on_decision,
+                             alive_input=alive)
 
     def _observe_charger(self) -> Any:
         from ..watchdog.policy import ChargerObservation
@@ -263,6 +277,12 @@ class HealthChannel:
                 await asyncio.wait_for(stop.wait(), self.h.soh_interval_s)
             self.soh.set_blackbox_stats(self.store.stats())
             self.soh.set_chargers(self.tracker.totals())
+            self.soh.set_internals(self.internals())
+            self.soh.set_boot_history(self.boot_ids)
+            for bus in self.buses:
+                self.soh.set_bus_stats(bus.name, bus.stats.as_dict())
+            if self.watchdog is not None:
+                self.soh.set_relay_cycles(self.watchdog.relay.name, self.watchdog.relay.cycles)
             snap = self.soh.snapshot(time.time())
             self.record(RecordKind.SOH, snap, publish=False)
             self.publish(self.topics.soh, snap, name="soh")
@@ -315,7 +335,25 @@ class HealthChannel:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
+    def _remember_boot(self) -> list[str]:
+        """Distinct boot ids seen on this card (oldest first): the SOH's reboot count survives restarts."""
+        path = self.gw.state_dir / "boot_ids"
+        try:
+            ids = [x for x in path.read_text().split() if x]
+        except OSError:
+            ids = []
+        current = self.internals().get("boot_id")
+        if current and current not in ids:
+            ids = (ids + [current])[-1000:]
+            with contextlib.suppress(OSError):
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("\n".join(ids) + "\n")
+                tmp.replace(path)
+        return ids
+
     async def run(self, stop: asyncio.Event) -> None:
+        self.gw.state_dir.mkdir(parents=True, exist_ok=True)
+        self.boot_ids = self._remember_boot()
         report = self.store.open()
         log.info("blackbox_open", segments=len(report.segments) if hasattr(report, "segments") else "?")
         tap_path = self.h.tap_socket or (self.config.value.tap_socket if self.config.value else

@@ -155,6 +155,7 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
             replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 4, 15)
             assert replies[3].json()["ok"] is True
             assert abs(replies[3].json()["result"]["off_s"] - 2.0) < 0.05
+            assert (tmp_path / "state" / "relay-CP001.cycles").read_text().strip() == "1"  # for SOH, across restarts
             tap_task.cancel()
 
             # SOH every soh_interval_s.
