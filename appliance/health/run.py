@@ -313,7 +313,38 @@ class HealthChannel:
             return redact(self.config.model_dump(mode="json"))
 
         async def selftest(args: dict[str, Any]) -> dict[str, Any]:
-            return {"blackbox": self.store.stats(), "uplink": self.uplink.stats(), "sampler": self.sampler.stats()}
+            """Active checks a technician would do by hand; each is ok/failed with a reason."""
+            checks: dict[str, dict[str, Any]] = {}
+
+            def check(name: str, ok: bool, detail: Any = "") -> None:
+                checks[name] = {"ok": bool(ok), "detail": detail}
+
+            try:
+                await asyncio.to_thread(self.store.flush)
+                st = self.store.stats()
+                check("blackbox_write", not st.get("write_failing"), {"errors": st.get("errors")})
+            except Exception as e:  # noqa: BLE001 - a self-test reports, it does not fail
+                check("blackbox_write", False, repr(e))
+            for meter in self.meters:
+                try:
+                    reading = await asyncio.wait_for(meter.read(), 3)
+                    bad = [v.name for v in reading.values if v.quality != "ok"]
+                    check(f"meter:{meter.name}", not bad, {"not_ok": bad})
+                except Exception as e:  # noqa: BLE001
+                    check(f"meter:{meter.name}", False, repr(e))
+            for sensor in self.sensors:
+                try:
+                    r = await asyncio.wait_for(sensor.read(), 3)
+                    check(f"sensor:{sensor.name}", r.ok, r.detail)
+                except Exception as e:  # noqa: BLE001
+                    check(f"sensor:{sensor.name}", False, repr(e))
+            internals = self.internals()
+            free = internals.get("disk_free_bytes")
+            check("disk_free", isinstance(free, int) and free > 50 * 2**20, {"free_bytes": free})
+            check("clock_synced", internals.get("clock_synced") is True, internals.get("clock_synced"))
+            check("tap", self.receiver is not None and self.receiver.received > 0,
+                  {"datagrams": self.receiver.received if self.receiver else 0})
+            return {"ok": all(c["ok"] for c in checks.values()), "checks": checks}
 
         async def read_registers(args: dict[str, Any]) -> dict[str, Any]:
             meter = next((m for m in self.meters if m.name == args.get("meter")), None)

@@ -70,7 +70,7 @@ offline_after_s = 3600
 [[commands.keys]]
 kid = "ops"
 public_key = "{public_key}"
-allowed = ["ping", "snapshot", "relay_cycle"]
+allowed = ["ping", "snapshot", "relay_cycle", "selftest"]
 """
     path = tmp_path / "omgw.toml"
     path.write_text(text)
@@ -157,6 +157,14 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
             assert abs(replies[3].json()["result"]["off_s"] - 2.0) < 0.05
             assert (tmp_path / "state" / "relay-CP001.cycles").read_text().strip() == "1"  # for SOH, across restarts
             tap_task.cancel()
+
+            # selftest actively checks the black box, each meter and sensor, the tap, disk and clock.
+            reply_sub.publish("omgw/v1/GW1/cmd/selftest", sign_command(priv, "ops", "selftest", "GW1", {}),
+                              response_topic="ops/replies/5", correlation_data=b"c5")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 5, 15)
+            checks = replies[4].json()["result"]["checks"]
+            for name in ("blackbox_write", "meter:feed1", "sensor:cabinet", "tap", "disk_free"):
+                assert checks[name]["ok"], (name, checks[name])
 
             # SOH every soh_interval_s.
             await asyncio.to_thread(sub.wait_for, lambda ms: any(m.topic.endswith("/soh") for m in ms), 10)
