@@ -1,14 +1,17 @@
-"""Health-channel payload builders and their JSON Schemas (``schemas/*.json``, draft 2020-12).
+"""Health-channel payloads and their JSON Schemas (``schemas/*.json``, draft 2020-12).
 
-Every payload published on MQTT or POSTed over HTTPS is built here and has a schema of the same
-name; docs/mqtt.md documents both. Conventions common to all payloads:
+Every payload published on MQTT or POSTed over HTTPS has a schema of the same name; docs/mqtt.md
+documents both. The bodies are the producers' own dicts (``Sample.to_payload()``,
+``HealthAccumulator.snapshot()``, ``ChargePointTracker.state()``, event dicts, the snapshot
+manifest); :func:`stamp` adds the head common to all payloads:
 
 - ``schema``: payload schema version (1). A consumer rejects versions it does not know.
 - ``seq``: a counter per topic class (``status``, ``telemetry``, ``soh``, ``cp_state``, ``event``,
   ``blackbox_manifest``, ``command_reply``), from 0 at every boot; ``status.boot_id`` names the boot.
-  The *caller* stamps it (``SeqCounters``); the transports never touch payload bytes, so what was
-  spooled is exactly what is replayed.
-- ``ts``: UTC time the data was produced, RFC 3339 with microseconds. Replayed messages keep it.
+  The *caller* stamps it (``HealthChannel.publish``, ``SeqCounters``); the transports never touch
+  payload bytes, so what was spooled is exactly what is replayed.
+- ``ts``: UTC time the data was produced, RFC 3339 with microseconds (:func:`iso_ts`), the one
+  timestamp format of the head. Replayed messages keep it.
 
 Builders are pure: time and seq come in as arguments. They return dicts; ``encode`` makes the
 compact UTF-8 JSON that goes on the wire.
@@ -29,6 +32,7 @@ import jsonschema
 SCHEMA_VERSION: Final = 1
 PAYLOAD_NAMES: Final = ("status", "telemetry", "soh", "cp_state", "event", "blackbox_manifest",
                         "command_reply")
+_HEAD_KEYS: Final = frozenset({"schema", "seq", "ts"})
 
 
 def iso_ts(time_ns: int) -> str:
@@ -39,6 +43,15 @@ def iso_ts(time_ns: int) -> str:
 
 def _head(seq: int, ts_ns: int) -> dict[str, Any]:
     return {"schema": SCHEMA_VERSION, "seq": seq, "ts": iso_ts(ts_ns)}
+
+
+def stamp(seq: int, ts_ns: int, body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` with the common head (``schema``, ``seq``, ``ts`` from ``ts_ns``) first.
+
+    A ``schema``/``seq``/``ts`` already in ``body`` is replaced: producers' dicts (the sampler's
+    payload, a snapshot manifest) may carry their own, and the wire has exactly one of each.
+    ``HealthChannel.publish`` stamps every payload it sends with this."""
+    return _head(seq, ts_ns) | {k: v for k, v in body.items() if k not in _HEAD_KEYS}
 
 
 class SeqCounters:
@@ -67,48 +80,37 @@ def status_payload(seq: int, ts_ns: int, *, gateway_id: str, state: str, boot_id
 
 
 def telemetry_payload(seq: int, ts_ns: int, meters: Sequence[Mapping[str, Any]],
-                      sensors: Sequence[Mapping[str, Any]], gateway: Mapping[str, Any]) -> dict[str, Any]:
-    """One sampling tick. ``meters``/``sensors``: ``{"name", "ok", "values": {quantity: number|None},
-    "model"?, "error"?}``; ``gateway``: flat internals (``cpu_temp_c``, ``spool_pending``...)."""
-    return _head(seq, ts_ns) | {"meters": [dict(m) for m in meters],
-                                "sensors": [dict(s) for s in sensors], "gateway": dict(gateway)}
+                      sensors: Sequence[Mapping[str, Any]], gateway: Mapping[str, Any], *,
+                      lateness_ms: float = 0.0, skipped: int = 0) -> dict[str, Any]:
+    """One sampling tick, as ``Sample.to_payload()`` makes it (``ts_ns`` is the tick's start).
+
+    ``meters``: ``sampler.meter_to_dict`` / ``missing_meter`` dicts; ``sensors``:
+    ``sampler.climate_to_dict`` dicts; ``gateway``: ``GatewayInternals.read()``."""
+    return stamp(seq, ts_ns, {"ts_ns": ts_ns, "lateness_ms": lateness_ms, "skipped": skipped,
+                              "meters": [dict(m) for m in meters], "sensors": [dict(s) for s in sensors],
+                              "gateway": dict(gateway)})
 
 
-def soh_payload(seq: int, ts_ns: int, components: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """State of health: ``[{"name", "state": ok|degraded|failed|unknown, "detail"?, "metrics"?}]``."""
-    return _head(seq, ts_ns) | {"components": [dict(c) for c in components]}
+def soh_payload(seq: int, ts_ns: int, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """State of health: ``HealthAccumulator.snapshot()`` with the common head."""
+    return stamp(seq, ts_ns, snapshot)
 
 
-def cp_state_payload(seq: int, ts_ns: int, *, cp_id: str, connected: bool,
-                     connectors: Sequence[Mapping[str, Any]] = (), errors: Sequence[str] = (),
-                     latency_ms: float | None = None, boot: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """One charge point: connection, BootNotification info, connectors ``[{"id", "status",
-    "error_code"?}]``, recent errors, upstream round-trip latency."""
-    return _head(seq, ts_ns) | {"cp_id": cp_id, "connected": connected,
-                                "boot": dict(boot) if boot is not None else None,
-                                "connectors": [dict(c) for c in connectors], "errors": list(errors),
-                                "latency_ms": latency_ms}
+def cp_state_payload(seq: int, ts_ns: int, state: Mapping[str, Any]) -> dict[str, Any]:
+    """One charge point: ``ChargePointTracker.state(cp_id)`` with the common head."""
+    return stamp(seq, ts_ns, state)
 
 
-def event_payload(seq: int, ts_ns: int, *, type: str, severity: str, source: str, message: str,
-                  data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A fault, watchdog action, command audit entry, state or transport change."""
-    p = _head(seq, ts_ns) | {"type": type, "severity": severity, "source": source, "message": message}
-    if data is not None:
-        p["data"] = dict(data)
-    return p
+def event_payload(seq: int, ts_ns: int, event: Mapping[str, Any] | None = None, /,
+                  **fields: Any) -> dict[str, Any]:
+    """An event dict from any producer (``kind`` plus the kind's fields) with the common head."""
+    return stamp(seq, ts_ns, {**(event or {}), **fields})
 
 
-def blackbox_manifest_payload(seq: int, ts_ns: int, *, snapshot_id: str, reason: str, from_ns: int,
-                              to_ns: int, records: int, size: int, sha256: str,
-                              archive_transport: str = "https", archive_url: str | None = None) -> dict[str, Any]:
-    """Manifest of a black-box snapshot; the archive itself goes over HTTPS (``upload_snapshot``)."""
-    archive: dict[str, Any] = {"transport": archive_transport}
-    if archive_url is not None:
-        archive["url"] = archive_url
-    return _head(seq, ts_ns) | {"snapshot_id": snapshot_id, "reason": reason, "from_ts": iso_ts(from_ns),
-                                "to_ts": iso_ts(to_ns), "records": records, "bytes": size,
-                                "sha256": sha256, "archive": archive}
+def blackbox_manifest_payload(seq: int, ts_ns: int, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A snapshot's ``manifest.json`` (``appliance.blackbox.snapshot``) with ``seq`` and ``ts``; the
+    archive itself goes over HTTPS (``upload_snapshot``)."""
+    return stamp(seq, ts_ns, manifest)
 
 
 def command_reply_payload(seq: int, ts_ns: int, *, command: str, status: str, detail: str | None = None,

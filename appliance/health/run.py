@@ -30,6 +30,7 @@ from .commands import CommandDispatcher, CommandFailed, NonceStore, TrustedKey, 
 from .cpstate import BillingCrossCheck, ChargePointTracker
 from .internals import GatewayInternals
 from .mqtt import Command, MqttSettings, MqttUplink
+from .payloads import stamp
 from .sampler import Sample, Sampler
 from .soh import HealthAccumulator
 from .spool import Spool
@@ -210,8 +211,14 @@ class HealthChannel:
                                 topic_prefix=h.topic_prefix, bind_interface=h.bind_interface, version=__version__)
         return MqttUplink(settings, self.spool, on_command=self._on_command)
 
-    def publish(self, topic: str, payload: dict[str, Any], *, name: str, retain: bool = False) -> None:
-        payload = {"schema": 1, "seq": self.seq[name], **{k: v for k, v in payload.items() if k not in ("schema", "seq")}}
+    def publish(self, topic: str, payload: dict[str, Any], *, name: str, retain: bool = False,
+                ts_ns: int | None = None) -> None:
+        """Stamp the common head (``schema``, ``seq`` per topic class, ``ts`` from ``ts_ns`` or now) and send.
+
+        The head is stamped here and only here, so every payload carries one timestamp format
+        (``payloads.iso_ts``); a ``schema``/``seq``/``ts`` the producer put in its dict is replaced.
+        """
+        payload = stamp(self.seq[name], self.clock() if ts_ns is None else ts_ns, payload)
         self.seq[name] += 1
         self.uplink.publish(topic, json.dumps(payload, separators=(",", ":"), default=str).encode(), retain=retain)
 
@@ -221,7 +228,7 @@ class HealthChannel:
                time_ns: int | None = None) -> Record:
         rec = self.recorder.append(kind, payload, time_ns)
         if publish and kind is RecordKind.EVENT:
-            self.publish(self.topics.event, {"ts_ns": rec.time_ns, **payload}, name="event")
+            self.publish(self.topics.event, payload, name="event", ts_ns=rec.time_ns)
         return rec
 
     def _store_error(self, kind: str, detail: str) -> None:
@@ -231,7 +238,7 @@ class HealthChannel:
 
     def _snapshot_written(self, path: Path, manifest: dict[str, Any]) -> None:
         log.info("snapshot_written", path=str(path), id=manifest.get("snapshot_id"))
-        self.publish(f"{self.topics.base}/blackbox/{manifest['snapshot_id']}", manifest, name="blackbox")
+        self.publish(f"{self.topics.base}/blackbox/{manifest['snapshot_id']}", manifest, name="blackbox_manifest")
         if hasattr(self.uplink, "upload_snapshot"):  # HTTPS: the archive itself goes to the endpoint
             self._tasks.append(asyncio.ensure_future(self._upload(path)))
 
@@ -244,7 +251,7 @@ class HealthChannel:
     def _on_sample(self, sample: Sample) -> None:
         payload = sample.to_payload()
         self.record(RecordKind.TELEMETRY, payload, publish=False, time_ns=sample.ts_ns)
-        self.publish(self.topics.telemetry, payload, name="telemetry")
+        self.publish(self.topics.telemetry, payload, name="telemetry", ts_ns=sample.ts_ns)
         self.soh.add_sample(sample, time.time())
         for ev in self.billing.feed_sample(sample.ts_ns, payload["meters"]):
             self.record(RecordKind.EVENT, ev)
@@ -283,9 +290,10 @@ class HealthChannel:
                 self.soh.set_bus_stats(bus.name, bus.stats.as_dict())
             if self.watchdog is not None:
                 self.soh.set_relay_cycles(self.watchdog.relay.name, self.watchdog.relay.cycles)
-            snap = self.soh.snapshot(time.time())
-            self.record(RecordKind.SOH, snap, publish=False)
-            self.publish(self.topics.soh, snap, name="soh")
+            now_ns = time.time_ns()
+            snap = self.soh.snapshot(now_ns / 1e9, now_ns)
+            self.record(RecordKind.SOH, snap, publish=False, time_ns=now_ns)
+            self.publish(self.topics.soh, snap, name="soh", ts_ns=now_ns)
 
     # ---- commands -------------------------------------------------------------------------------
 
