@@ -113,10 +113,13 @@ def blackbox_manifest_payload(seq: int, ts_ns: int, manifest: Mapping[str, Any])
     return stamp(seq, ts_ns, manifest)
 
 
-def command_reply_payload(seq: int, ts_ns: int, *, command: str, status: str, detail: str | None = None,
+def command_reply_payload(seq: int, ts_ns: int, *, name: str | None, ok: bool, nonce: str | None = None,
+                          error: str | None = None, detail: str | None = None,
                           result: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Reply to a command, published to its MQTT 5 response topic with its correlation data."""
-    p = _head(seq, ts_ns) | {"command": command, "status": status}
+    """Reply to a command (the dispatcher's reply, stamped), sent to its MQTT 5 response topic."""
+    p = _head(seq, ts_ns) | {"ok": ok, "name": name, "nonce": nonce}
+    if error is not None:
+        p["error"] = error
     if detail is not None:
         p["detail"] = detail
     if result is not None:

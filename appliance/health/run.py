@@ -301,7 +301,10 @@ class HealthChannel:
         async def handle() -> None:
             reply = await self.dispatcher.handle(cmd.name, cmd.payload)
             if cmd.response_topic:
-                self.uplink.reply(cmd.response_topic, cmd.correlation_data, json.dumps(reply).encode())
+                reply = stamp(self.seq["command_reply"], self.clock(), reply)
+                self.seq["command_reply"] += 1
+                self.uplink.reply(cmd.response_topic, cmd.correlation_data,
+                                  json.dumps(reply, separators=(",", ":"), default=str).encode())
 
         self._tasks.append(asyncio.create_task(handle()))
 

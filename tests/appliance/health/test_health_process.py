@@ -166,6 +166,9 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
             for name in ("blackbox_write", "meter:feed1", "sensor:cabinet", "tap", "disk_free"):
                 assert checks[name]["ok"], (name, checks[name])
 
+            for r in replies:
+                validate("command_reply", r.payload)
+
             # SOH every soh_interval_s.
             await asyncio.to_thread(sub.wait_for, lambda ms: any(m.topic.endswith("/soh") for m in ms), 10)
 

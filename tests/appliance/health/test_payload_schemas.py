@@ -81,7 +81,7 @@ EXAMPLES = {
     "cp_state": P.cp_state_payload(3, T, CP_STATE),
     "event": P.event_payload(9, T, TRACKER_EVENTS[0]),
     "blackbox_manifest": P.blackbox_manifest_payload(0, T, MANIFEST),
-    "command_reply": P.command_reply_payload(2, T, command="relay_cycle", status="done", result={"ok": True}),
+    "command_reply": P.command_reply_payload(2, T, name="relay_cycle", ok=True, nonce="ab" * 16, result={"off_s": 10.0}),
 }
 
 

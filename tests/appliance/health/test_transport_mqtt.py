@@ -149,7 +149,7 @@ async def test_command_is_delivered_with_response_topic_and_reply_correlates(mos
         cmd = received[0]
         assert (cmd.name, cmd.payload, cmd.response_topic, cmd.correlation_data) == \
             ("relay_cycle", b'{"sig":"..."}', "operator/replies/1", b"c-42")
-        reply = payloads.command_reply_payload(0, time.time_ns(), command=cmd.name, status="accepted")
+        reply = payloads.command_reply_payload(0, time.time_ns(), name=cmd.name, ok=True)
         assert up.reply(cmd.response_topic, cmd.correlation_data, payloads.encode(reply))
         got = await asyncio.to_thread(op.wait_for, lambda m: len(m) >= 1)
         assert json.loads(got[0].payload) == reply
