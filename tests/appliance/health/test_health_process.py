@@ -70,7 +70,7 @@ offline_after_s = 3600
 [[commands.keys]]
 kid = "ops"
 public_key = "{public_key}"
-allowed = ["ping", "snapshot", "relay_cycle", "selftest"]
+allowed = ["ping", "snapshot", "relay_cycle", "selftest", "read_registers", "get_config", "set_sample_interval"]
 """
     path = tmp_path / "omgw.toml"
     path.write_text(text)
@@ -166,6 +166,20 @@ async def test_health_process_publishes_records_and_answers_commands(tmp_path, m
             for name in ("blackbox_write", "meter:feed1", "sensor:cabinet", "tap", "disk_free"):
                 assert checks[name]["ok"], (name, checks[name])
 
+            # read_registers is read-only diagnostics on the meter's own bus; get_config hides no secret
+            # in plain text (the config only names secret files); set_sample_interval is range-checked.
+            for i, (name, args) in enumerate([("read_registers", {"meter": "feed1", "function": 4, "address": 0,
+                                                                  "count": 2}),
+                                              ("get_config", {}),
+                                              ("set_sample_interval", {"interval_s": 1.0})], start=6):
+                reply_sub.publish(f"omgw/v1/GW1/cmd/{name}", sign_command(priv, "ops", name, "GW1", args, ttl_s=60),
+                                  response_topic=f"ops/replies/{i}", correlation_data=b"c")
+            replies = await asyncio.to_thread(reply_sub.wait_for, lambda ms: len(ms) >= 8, 15)
+            by_name = {r.json()["name"]: r.json() for r in replies[5:]}  # handlers finish in any order
+            assert by_name["read_registers"]["ok"], by_name["read_registers"]
+            assert len(by_name["read_registers"]["result"]["registers"]) == 2
+            assert by_name["get_config"]["ok"] and by_name["get_config"]["result"]["gateway"]["id"] == "GW1"
+            assert by_name["set_sample_interval"]["ok"] and by_name["set_sample_interval"]["result"]["interval_s"] == 1.0
             for r in replies:
                 validate("command_reply", r.payload)
 
