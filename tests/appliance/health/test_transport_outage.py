@@ -1,7 +1,6 @@
 """Store-and-forward across a broker outage: every telemetry ``seq`` arrives exactly once, in order.
 
-The outage length is ``OUTAGE_S`` (default 5 s to keep the suite fast); the acceptance run uses 30 s:
-``OMGW_OUTAGE_S=30 pytest tests/appliance/health/test_transport_outage.py``.
+The outage length is ``OUTAGE_S``: 30 s, as the issue asks (``OMGW_OUTAGE_S=5`` for a quick local run).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from appliance.health import payloads
 from appliance.health.mqtt import MqttSettings, MqttUplink
 from appliance.health.spool import Spool
 
-OUTAGE_S = float(os.environ.get("OMGW_OUTAGE_S", "5"))  # the issue's acceptance value is 30
+OUTAGE_S = float(os.environ.get("OMGW_OUTAGE_S", "30"))
 RATE_HZ = 10.0
 BEFORE_S = 2.0
 AFTER_S = 3.0
