@@ -34,7 +34,7 @@ from .payloads import stamp
 from .sampler import Sample, Sampler
 from .soh import HealthAccumulator
 from .spool import Spool
-from .topics import Topics
+from .topics import TopicError, Topics
 
 log = get_logger("health")
 
@@ -238,7 +238,7 @@ class HealthChannel:
 
     def _snapshot_written(self, path: Path, manifest: dict[str, Any]) -> None:
         log.info("snapshot_written", path=str(path), id=manifest.get("snapshot_id"))
-        self.publish(f"{self.topics.base}/blackbox/{manifest['snapshot_id']}", manifest, name="blackbox_manifest")
+        self.publish(self.topics.blackbox(manifest["snapshot_id"]), manifest, name="blackbox_manifest")
         if hasattr(self.uplink, "upload_snapshot"):  # HTTPS: the archive itself goes to the endpoint
             self._tasks.append(asyncio.ensure_future(self._upload(path)))
 
@@ -274,9 +274,12 @@ class HealthChannel:
             for rec in dgram.records:
                 self._on_tap(rec)
             for cp_id in self.tracker.changed():
-                self.publish(self.topics.cp_state(cp_id) if hasattr(self.topics, "cp_state")
-                             else f"{self.topics.base}/ocpp/{cp_id}/state",
-                             self.tracker.state(cp_id), name="cp_state", retain=True)
+                try:
+                    topic = self.topics.cp_state(cp_id)
+                except TopicError:  # an id the topic tree cannot carry: recorded in the black box only
+                    log.warning("cp_state_not_published", cp=cp_id, reason="id not valid as a topic level")
+                    continue
+                self.publish(topic, self.tracker.state(cp_id), name="cp_state", retain=True)
 
     async def _publish_soh(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
