@@ -80,6 +80,22 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Both channels as supervised child processes (development; the image uses two systemd units)."""
+    cfg = _load_config(args.config)
+    channels = [name for name in ("value", "health") if getattr(cfg, name) is not None]
+    if not channels:
+        print("omgw run: the config has neither a [value] nor a [health] section", file=sys.stderr)
+        return EXIT_CONFIG
+    logfmt.setup(args.log_level)
+    from .runtime import Supervisor, channel_specs
+
+    async def supervise() -> int:
+        return await Supervisor(channel_specs(args.config, channels, args.log_level)).run()
+
+    return int(run_loop(supervise()))
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from .passwords import hash_password
 
@@ -107,42 +123,81 @@ def read_status_socket(path: Path, timeout: float = 2.0) -> dict[str, Any]:
     return json.loads(b"".join(chunks))
 
 
+def channel_status(name: str, path: Path) -> dict[str, Any]:
+    """One channel's status document with ``state`` ("up" | "degraded" | "down") and ``reasons``.
+
+    The health channel judges itself (appliance/health/status.py); the value channel is "up" when
+    its socket answers (its tap losses are judged on the health side, over a window). A channel
+    that does not answer, or answers as another channel, is "down".
+    """
+    try:
+        doc = read_status_socket(path)
+    except (OSError, ValueError) as e:
+        return {"state": "down", "reasons": [f"no answer on {path}: {e}"], "error": str(e)}
+    if not isinstance(doc, dict) or doc.get("channel") != name:
+        return {"state": "down", "reasons": [f"{path} is not the {name} channel's status socket"]}
+    doc.setdefault("state", "up")
+    doc.setdefault("reasons", [])
+    return doc
+
+
+def _print_value(ch: dict[str, Any]) -> None:
+    line = f"  value   {ch['state']}  chargers connected: {ch['connected']}/{len(ch['charge_points'])}"
+    tap = ch.get("tap", {})
+    if tap:
+        line += f"  tap dropped: {tap.get('dropped', tap.get('dropped_queue', 0) + tap.get('dropped_socket', 0))}"
+    print(line)
+    for cp in ch["charge_points"]:
+        lat = cp["csms_latency_ms"]
+        print(
+            f"    {cp['cp_id']:16} {'connected' if cp['connected'] else 'offline':9} "
+            f"{cp['subprotocol'] or '-':10} up {cp['frames_up']} down {cp['frames_down']} "
+            f"invalid {cp['invalid_frames']} reconnects {cp['reconnects']} "
+            f"csms p50 {lat['p50']} ms"
+        )
+
+
+def _print_health(ch: dict[str, Any]) -> None:
+    up, tap, smp = ch["uplink"], ch["tap"], ch["sampler"]
+    print(f"  health  {ch['state']}  uplink {up['transport']} {'connected' if up['connected'] else 'DISCONNECTED'}"
+          f" (spool {up['spool_pending']}, dropped {up['dropped']})  sampler ticks {smp.get('ticks')} late "
+          f"{smp.get('late')} skipped {smp.get('skipped')}  tap rx {tap.get('received', 0)} lost "
+          f"{tap.get('lost', 0)} malformed {tap.get('malformed', 0)}")
+    for name, d in ch["devices"].items():
+        print(f"    {name:24} {d['quality']}" + (f"  ({d['reason']})" if d.get("reason") else ""))
+    if ch.get("watchdog"):
+        wd = ch["watchdog"]
+        print(f"    watchdog {wd['cp_id']}: {wd['state']}, relay cycles {wd['relay_cycles']}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    """Exit 0 only when every configured channel is "up"; 1 when one is down or degraded."""
     cfg = _load_config(args.config)
     result: dict[str, Any] = {"gateway_id": cfg.gateway.id, "channels": {}}
-    healthy = True
     if cfg.value is not None:
-        try:
-            value = read_status_socket(cfg.value.status_socket)
-            value["state"] = "up"
-        except (OSError, ValueError) as e:
-            value = {"state": "down", "error": str(e)}
-            healthy = False
-        result["channels"]["value"] = value
-    result["healthy"] = healthy
+        result["channels"]["value"] = channel_status("value", cfg.value.status_socket)
+    if cfg.health is not None:
+        result["channels"]["health"] = channel_status("health", cfg.health.status_socket)
+    if not result["channels"]:
+        print(f"omgw status: {args.config} configures neither [value] nor [health]", file=sys.stderr)
+        return EXIT_CONFIG
+    states = [ch["state"] for ch in result["channels"].values()]
+    result["state"] = "down" if "down" in states else "degraded" if "degraded" in states else "up"
+    result["healthy"] = healthy = result["state"] == "up"
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"gateway {cfg.gateway.id}: {'healthy' if healthy else 'DEGRADED'}")
+        bad = ", ".join(f"{n} {ch['state']}" for n, ch in result["channels"].items() if ch["state"] != "up")
+        print(f"gateway {cfg.gateway.id}: " + ("healthy" if healthy else f"DEGRADED ({bad})"))
         for name, ch in result["channels"].items():
-            line = f"  {name:7} {ch['state']}"
-            if ch["state"] == "up" and name == "value":
-                line += f"  chargers connected: {ch['connected']}/{len(ch['charge_points'])}"
-                tap = ch.get("tap", {})
-                if tap:
-                    line += f"  tap dropped: {tap.get('dropped_queue', 0) + tap.get('dropped_socket', 0)}"
-            elif ch["state"] != "up":
-                line += f"  ({ch['error']})"
-            print(line)
-            if ch["state"] == "up" and name == "value":
-                for cp in ch["charge_points"]:
-                    lat = cp["csms_latency_ms"]
-                    print(
-                        f"    {cp['cp_id']:16} {'connected' if cp['connected'] else 'offline':9} "
-                        f"{cp['subprotocol'] or '-':10} up {cp['frames_up']} down {cp['frames_down']} "
-                        f"invalid {cp['invalid_frames']} reconnects {cp['reconnects']} "
-                        f"csms p50 {lat['p50']} ms"
-                    )
+            if ch["state"] == "down":
+                print(f"  {name:7} down")
+            elif name == "value":
+                _print_value(ch)
+            else:
+                _print_health(ch)
+            for reason in ch["reasons"]:
+                print(f"    ! {reason}")
     return EXIT_OK if healthy else EXIT_FAIL
 
 
@@ -328,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("health", help="run the health channel (telemetry, black box, uplink)"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_health)
+
+    p = with_config(sub.add_parser("run", help="both channels as supervised child processes (development)"))
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("hash-password", help="hash a charger password for charger_password_hash")
     p.add_argument("--stdin", action="store_true", help="read the password from stdin")

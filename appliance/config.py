@@ -15,13 +15,25 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DEFAULT_PATH = Path("/etc/omgw/omgw.toml")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _metrics_listen(v: str | None, info: ValidationInfo) -> str | None:
+    """``metrics_listen``: "HOST:PORT", loopback unless ``metrics_allow_remote``; "" or "off" disables."""
+    if v is None or v.strip().lower() in ("", "off"):
+        return None
+    from .metrics import listen_problem
+
+    problem = listen_problem(v, bool(info.data.get("metrics_allow_remote")))
+    if problem:
+        raise ValueError(problem)
+    return v
 
 
 class GatewayConfig(_Model):
@@ -63,6 +75,9 @@ class ValueConfig(_Model):
     tap_secret_file: Path | None = None
     tap_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10
     status_socket: Path = Path("/run/omgw/value.sock")
+    metrics_allow_remote: bool = False  # declared before metrics_listen: its validator reads it
+    metrics_listen: str | None = "127.0.0.1:9101"  # Prometheus text on GET /metrics; "off" disables
+    _check_metrics_listen = field_validator("metrics_listen")(_metrics_listen)
     pending_calls_max: Annotated[int, Field(ge=1, le=100_000)] = 256
     charger_tls: ChargerTls | None = None
     charge_points: list[ChargePointConfig] = []
@@ -136,6 +151,9 @@ class HealthConfig(_Model):
     bind_interface: str | None = None
     tap_socket: Path | None = None  # default: value.tap_socket, or /run/omgw/tap.sock
     status_socket: Path = Path("/run/omgw/health.sock")
+    metrics_allow_remote: bool = False  # declared before metrics_listen: its validator reads it
+    metrics_listen: str | None = "127.0.0.1:9102"  # Prometheus text on GET /metrics; "off" disables
+    _check_metrics_listen = field_validator("metrics_listen")(_metrics_listen)
     billing_tolerance_wh: Annotated[float, Field(ge=0)] = 50
     billing_tolerance_rel: Annotated[float, Field(ge=0, le=1)] = 0.02
     meters: list[MeterConfig] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from ..blackbox.snapshot import SnapshotArchive, SnapshotRecorder
 from ..blackbox.store import BlackBox
 from ..config import Config, HealthConfig
 from ..logfmt import get_logger
+from ..metrics import MetricsServer, start_metrics
 from ..sdnotify import SystemdNotifier
 from ..tap import TapReceiver, TapRecord
 from .commands import CommandDispatcher, CommandFailed, NonceStore, TrustedKey, keyring, redact
@@ -34,6 +36,7 @@ from .payloads import stamp
 from .sampler import Sample, Sampler
 from .soh import HealthAccumulator
 from .spool import Spool
+from .status import StatusRules, StatusTracker, assess
 from .topics import TopicError, Topics
 
 log = get_logger("health")
@@ -134,6 +137,11 @@ class HealthChannel:
         self.receiver: TapReceiver | None = None
         self.notifier = SystemdNotifier()
         self._tasks: list[asyncio.Task[Any]] = []
+        self.started_ns = time.time_ns()
+        self.status_rules = StatusRules()
+        self.status_tracker = StatusTracker(time.monotonic())
+        self._status_server: asyncio.AbstractServer | None = None
+        self._metrics: MetricsServer | None = None
 
     # ---- relay watchdog -------------------------------------------------------------------------
 
@@ -253,6 +261,7 @@ class HealthChannel:
         self.record(RecordKind.TELEMETRY, payload, publish=False, time_ns=sample.ts_ns)
         self.publish(self.topics.telemetry, payload, name="telemetry", ts_ns=sample.ts_ns)
         self.soh.add_sample(sample, time.time())
+        self.status_tracker.note_sample(payload["meters"], payload["sensors"], time.monotonic())
         for ev in self.billing.feed_sample(sample.ts_ns, payload["meters"]):
             self.record(RecordKind.EVENT, ev)
 
@@ -378,6 +387,92 @@ class HealthChannel:
         return {"ping": ping, "snapshot": snapshot, "relay_cycle": relay_cycle, "set_sample_interval": set_sample_interval,
                 "get_config": get_config, "selftest": selftest, "read_registers": read_registers}
 
+    # ---- status socket and metrics (omgw status, Prometheus) -----------------------------------
+
+    def _observe_status(self) -> None:
+        now = time.monotonic()
+        up = self.uplink.stats()
+        self.status_tracker.note_uplink(bool(up.get("connected", up.get("reachable"))), now)
+        if self.receiver is not None:
+            self.status_tracker.note_tap(self.receiver.stats(), now)
+
+    async def _watch_status(self) -> None:
+        """Once a second, so durations (uplink down since, tap silence) do not depend on being asked."""
+        while True:
+            self._observe_status()
+            await asyncio.sleep(1.0)
+
+    def status(self) -> dict[str, Any]:
+        """The document served on ``health.status_socket`` and scraped by the metrics endpoint;
+        ``state``/``reasons`` come from :func:`.status.assess` (docs/operations.md)."""
+        self._observe_status()
+        now = time.monotonic()
+        t, rules = self.status_tracker, self.status_rules
+        up = self.uplink.stats()
+        connected = bool(up.get("connected", up.get("reachable")))
+        sampler = self.sampler.stats()
+        sampler["last_sample_age_s"] = None if t.last_sample_s is None else round(now - t.last_sample_s, 1)
+        bb = self.store.stats()
+        tap: dict[str, Any] = dict(self.receiver.stats()) if self.receiver is not None else {}
+        tap["silent_for_s"] = round(now - (t.tap_last_datagram_s or t.started_s), 1)
+        tap["stats_interval_s"] = self.config.value.tap_stats_interval_s if self.config.value else 10.0
+        tap["chargers_connected"] = sum(1 for c in self.tracker.cp_ids() if self.tracker.state(c).get("connected"))
+        tap["losses_in_window"] = t.tap_losses_within(rules.tap_loss_window_s, now)
+        doc: dict[str, Any] = {
+            "schema": 1,
+            "channel": "health",
+            "gateway_id": self.gw.id,
+            "pid": os.getpid(),
+            "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 1),
+            "uplink": {"transport": self.h.transport, "connected": connected,
+                       "down_for_s": None if t.uplink_down_since_s is None else round(now - t.uplink_down_since_s, 1),
+                       "published": up.get("published", 0), "spooled": up.get("spooled", 0),
+                       "spool_pending": up.get("spool_pending", 0), "dropped": up.get("dropped", 0)},
+            "sampler": sampler,
+            "devices": {name: {"kind": d.kind, "quality": d.quality, "reason": d.reason,
+                               "missing_cycles": d.missing_cycles} for name, d in sorted(t.devices.items())},
+            "blackbox": {"write_failing": bool(bb.get("write_failing")), "errors": bb.get("errors", 0),
+                         "records": bb.get("records", 0), "dropped": bb.get("dropped", 0)},
+            "tap": tap,
+            "watchdog": None,
+        }
+        if self.watchdog is not None:
+            doc["watchdog"] = {"cp_id": self.watchdog.cp_id, "state": self.watchdog.policy.state.value,
+                               "failures": self.watchdog.policy.failures, "relay_cycles": self.watchdog.relay.cycles}
+        doc["state"], doc["reasons"] = assess(doc, rules)
+        return doc
+
+    async def _start_status_socket(self) -> None:
+        """Status socket (one JSON document per connection, mode 0660) and the metrics endpoint.
+        Either being unavailable is logged; the channel runs on without it."""
+        self._tasks.append(asyncio.create_task(self._watch_status()))
+        path: Path = self.h.status_socket
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            self._status_server = await asyncio.start_unix_server(self._serve_status, path=str(path))
+            os.chmod(path, 0o660)
+        except OSError as e:
+            log.warning("status_socket_unavailable", path=str(path), error=e.strerror)
+        self._metrics = await start_metrics(self.h.metrics_listen, self.status, channel="health")
+
+    async def _serve_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.write(json.dumps(self.status(), default=str).encode() + b"\n")
+            await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _stop_status_socket(self) -> None:
+        if self._metrics is not None:
+            await self._metrics.close()
+        if self._status_server is not None:
+            self._status_server.close()
+            await self._status_server.wait_closed()
+            self.h.status_socket.unlink(missing_ok=True)
+
     # ---- lifecycle ------------------------------------------------------------------------------
 
     def _remember_boot(self) -> list[str]:
@@ -414,6 +509,7 @@ class HealthChannel:
                         asyncio.create_task(self._publish_soh(stop))]
         if self.watchdog is not None:
             self._tasks.append(asyncio.create_task(self.watchdog.run(stop)))
+        await self._start_status_socket()
         self.notifier.ready("health channel running")
         log.info("health_started", gateway=self.gw.id, meters=len(self.meters), sensors=len(self.sensors),
                  tap=str(tap_path), broker=self.h.url)
@@ -422,6 +518,7 @@ class HealthChannel:
         finally:
             self.notifier.stopping()
             log.info("health_stopping")
+            await self._stop_status_socket()
             for t in self._tasks:
                 if not t.done():
                     t.cancel()

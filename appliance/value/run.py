@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..logfmt import get_logger
+from ..metrics import start_metrics
 from ..tap import TapSender
 from .redact import Redactor
 from .server import ValueChannel
@@ -63,11 +64,15 @@ async def serve_value(config: Config, stop: asyncio.Event | None = None) -> None
     tap_task = asyncio.create_task(tap.run())
     channel = ValueChannel(config, tap)
     await channel.start()
+    # Scrape-time only: the collector reads channel.status(); nothing on the forwarding path changes.
+    metrics = await start_metrics(cfg.metrics_listen, channel.status, channel="value")
     log.info("value_started", gateway=config.gateway.id, nofile=nofile)
     try:
         await stop.wait()
     finally:
         log.info("value_stopping")
+        if metrics is not None:
+            await metrics.close()
         await channel.stop()
         tap_task.cancel()
         await asyncio.gather(tap_task, return_exceptions=True)
