@@ -23,7 +23,7 @@ Guarantees and decisions (docs/mqtt.md has the operator's view):
   subscription and paho's in-flight messages survive a reconnect.
 - **TLS**: CA file + client certificate/key, TLS >= 1.2, the broker's host name is verified
   against its certificate (``host`` must be a name or IP in the broker certificate's SAN).
-- **bind_interface**: the TCP socket gets ``SO_BINDTODEVICE`` (Linux, needs CAP_NET_RAW) before it
+- **bind_interface**: the TCP socket gets ``SO_BINDTODEVICE`` (Linux; no capability needed since 5.7 for a socket not yet bound to a device) before it
   connects, so the health channel uses that interface whatever the routing table prefers. paho 2.2
   has no socket hook for this, so ``_InterfaceBoundClient`` overrides paho's socket factory
   ``_create_socket_connection`` (a private method; pinned paho-mqtt 2.2.x). paho's ``bind_address``
