@@ -29,7 +29,6 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import math
 import os
 import re
@@ -46,7 +45,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-log = logging.getLogger(__name__)
+from ..logfmt import get_logger
+
+log = get_logger("health.commands")
 
 ENVELOPE_VERSION = 1
 #: Signed message = SIGNING_CONTEXT + body bytes (domain separation: a signature made for anything
@@ -399,7 +400,7 @@ def verify_command(
         return _verify(raw, topic_name, gateway_id, keys, now_s, seen_nonce, max_skew_s, max_window_s,
                        max_bytes, nonce_horizon_s)  # fmt: skip
     except Exception as exc:  # a bug must refuse, not crash the command loop; logged with its type
-        log.error("event=command_verify_bug error=%s", type(exc).__name__)
+        log.error("command_verify_bug", error=type(exc).__name__)
         return Refusal("malformed", f"internal verification error ({type(exc).__name__})")
 
 
@@ -723,14 +724,14 @@ class CommandDispatcher:
                 try:
                     store.remember(out.nonce, out.exp)
                 except (OSError, ValueError, RuntimeError) as exc:
-                    log.error("event=nonce_store_failed error=%s", type(exc).__name__)
+                    log.error("nonce_store_failed", error=type(exc).__name__)
             return self._refuse(out, topic, size, time_ns)
         cmd = out
         handler = self.handlers.get(cmd.name)
         try:
             store.remember(cmd.nonce, cmd.exp)
         except (OSError, ValueError, RuntimeError) as exc:
-            log.error("event=nonce_store_failed error=%s", type(exc).__name__)
+            log.error("nonce_store_failed", error=type(exc).__name__)
             refusal = self._refusal_for(cmd, "nonce_store_failed", "cannot persist nonce")
             return self._refuse(refusal, topic, size, time_ns)
         if handler is None:
@@ -741,11 +742,11 @@ class CommandDispatcher:
         try:
             self.audit(record)
         except Exception as exc:  # the black box refused: do not run an unaudited command
-            log.error("event=command_audit_failed name=%s error=%s", cmd.name, type(exc).__name__)
+            log.error("command_audit_failed", name=cmd.name, error=type(exc).__name__)
             self._count("refused")
             return _reply(False, cmd.name, cmd.nonce, error="audit_failed")
         self._count("accepted")
-        log.info("event=command_accepted name=%s kid=%s nonce=%s", cmd.name, cmd.kid, cmd.nonce)
+        log.info("command_accepted", name=cmd.name, kid=cmd.kid, nonce=cmd.nonce)
         return await self._run(cmd, handler, topic, size)
 
     async def _run(self, cmd: VerifiedCommand, handler: Handler, topic: str, size: int) -> dict[str, Any]:
@@ -767,7 +768,7 @@ class CommandDispatcher:
             self._audit_result(cmd, topic, size, ok=False, error="cancelled", detail="", start=start)
             raise
         except Exception as exc:  # a handler bug becomes a reply and an audit record, never a crash
-            log.error("event=command_handler_failed name=%s error=%s", cmd.name, type(exc).__name__)
+            log.error("command_handler_failed", name=cmd.name, error=type(exc).__name__)
             error, detail = "handler_failed", type(exc).__name__
         self._audit_result(cmd, topic, size, ok=error is None, error=error, detail=detail, start=start)
         if error is not None:
@@ -796,7 +797,7 @@ class CommandDispatcher:
         record = self._record(time_ns, topic, size, accepted=False, reason=r.code, detail=r.detail[:256], kid=r.kid,
                               name=name, nonce=r.nonce, args=r.args, authenticated=r.authenticated)  # fmt: skip
         self._safe_audit(record)
-        log.warning("event=command_refused reason=%s kid=%s topic=%s", r.code, (r.kid or "-")[:64], topic)
+        log.warning("command_refused", reason=r.code, kid=(r.kid or "-")[:64], topic=topic)
         return _reply(False, name, r.nonce, error=r.code, detail=r.detail[:256])
 
     def _record(
@@ -823,7 +824,7 @@ class CommandDispatcher:
         try:
             self.audit(record)
         except Exception as exc:  # nothing to do but say so: the reply still goes out
-            log.error("event=command_audit_failed reason=%s error=%s", record.get("reason"), type(exc).__name__)
+            log.error("command_audit_failed", reason=record.get("reason"), error=type(exc).__name__)
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
