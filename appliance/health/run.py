@@ -27,6 +27,7 @@ from ..config import Config, HealthConfig
 from ..logfmt import get_logger
 from ..metrics import MetricsServer, start_metrics
 from ..sdnotify import SystemdNotifier
+from ..statussock import StatusSocket
 from ..tap import TapReceiver, TapRecord
 from .commands import CommandDispatcher, CommandFailed, NonceStore, TrustedKey, keyring, redact
 from .cpstate import BillingCrossCheck, ChargePointTracker
@@ -140,7 +141,7 @@ class HealthChannel:
         self.started_ns = time.time_ns()
         self.status_rules = StatusRules()
         self.status_tracker = StatusTracker(time.monotonic())
-        self._status_server: asyncio.AbstractServer | None = None
+        self._status_socket = StatusSocket(self.h.status_socket, self.status)
         self._metrics: MetricsServer | None = None
 
     # ---- relay watchdog -------------------------------------------------------------------------
@@ -443,35 +444,15 @@ class HealthChannel:
         return doc
 
     async def _start_status_socket(self) -> None:
-        """Status socket (one JSON document per connection, mode 0660) and the metrics endpoint.
-        Either being unavailable is logged; the channel runs on without it."""
+        """Status socket and the metrics endpoint; either being unavailable is logged, never fatal."""
         self._tasks.append(asyncio.create_task(self._watch_status()))
-        path: Path = self.h.status_socket
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            self._status_server = await asyncio.start_unix_server(self._serve_status, path=str(path))
-            os.chmod(path, 0o660)
-        except OSError as e:
-            log.warning("status_socket_unavailable", path=str(path), error=e.strerror)
+        await self._status_socket.start()
         self._metrics = await start_metrics(self.h.metrics_listen, self.status, channel="health")
-
-    async def _serve_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(json.dumps(self.status(), default=str).encode() + b"\n")
-            await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
     async def _stop_status_socket(self) -> None:
         if self._metrics is not None:
             await self._metrics.close()
-        if self._status_server is not None:
-            self._status_server.close()
-            await self._status_server.wait_closed()
-            self.h.status_socket.unlink(missing_ok=True)
+        await self._status_socket.stop()
 
     # ---- lifecycle ------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from ..config import ChargePointConfig, Config, ValueConfig
 from ..logfmt import get_logger
 from ..passwords import verify_password
 from ..sdnotify import SystemdNotifier
+from ..statussock import StatusSocket
 from .inspect import FrameInspector
 from .link import GOING_AWAY, NORMAL, ChargePointLink, RelayServerConnection, TapSink
 from ..ocppj import version_of
@@ -113,7 +113,7 @@ class ValueChannel:
         self._by_conn: dict[ServerConnection, _Session] = {}
         self._auth_ok: set[tuple[str, bytes]] = set()
         self._server: Server | None = None
-        self._status_server: asyncio.AbstractServer | None = None
+        self._status_socket = StatusSocket(self.cfg.status_socket, self.status)
         self._tasks: list[asyncio.Task[None]] = []
         self.started_ns = time.time_ns()
         self.handshake_refusals: dict[int, int] = {}
@@ -140,7 +140,7 @@ class ValueChannel:
             server_header=None,
             create_connection=RelayServerConnection,
         )
-        await self._start_status_socket()
+        await self._status_socket.start()
         self._tasks.append(asyncio.create_task(self._stats_to_tap(cfg.tap_stats_interval_s)))
         if self.notifier.watchdog_interval_s:
             self._tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval_s)))
@@ -172,10 +172,7 @@ class ValueChannel:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self._status_server is not None:
-            self._status_server.close()
-            await self._status_server.wait_closed()
-            self.cfg.status_socket.unlink(missing_ok=True)
+        await self._status_socket.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -332,25 +329,6 @@ class ValueChannel:
             "tap": self.tap.stats() if hasattr(self.tap, "stats") else {},
             "charge_points": [s.snapshot() for s in self.stats.values()],
         }
-
-    async def _start_status_socket(self) -> None:
-        path: Path = self.cfg.status_socket
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            self._status_server = await asyncio.start_unix_server(self._serve_status, path=str(path))
-            os.chmod(path, 0o660)
-        except OSError as e:
-            log.warning("status_socket_unavailable", path=str(path), error=e.strerror)
-
-    async def _serve_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(json.dumps(self.status()).encode() + b"\n")
-            await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
 
 def _peer(connection: ServerConnection) -> str:
