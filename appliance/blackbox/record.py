@@ -161,6 +161,24 @@ def _check(buf: bytes | memoryview, off: int, n: int) -> tuple[int, str | None]:
     return end, None
 
 
+def _intact(mv: memoryview, off: int, n: int) -> tuple[int, int, int] | None:
+    """``(end, kind, time_ns)`` if a complete, CRC-valid record with a known kind starts at ``off``
+    (at least a header's worth of bytes must remain), else None. The fast path of the record rules;
+    :func:`_check` applies the same rules slowly to say why a record is not intact."""
+    crc, length, kind, flags, reserved, time_ns = _RECORD_HEAD.unpack_from(mv, off)
+    end = off + RECORD_HEADER_SIZE + length
+    if (
+        length > MAX_PAYLOAD
+        or end > n
+        or zlib.crc32(mv[off + 4 : end]) != crc
+        or not 0 < kind < len(_KINDS)
+        or flags
+        or reserved
+    ):
+        return None
+    return end, kind, time_ns
+
+
 def decode_records(
     buf: bytes | bytearray | memoryview, offset: int = 0
 ) -> tuple[list[tuple[int, Record]], ScanEnd]:
@@ -171,26 +189,16 @@ def decode_records(
     mv = memoryview(buf).cast("B")
     n = len(mv)
     out: list[tuple[int, Record]] = []
-    unpack = _RECORD_HEAD.unpack_from
-    crc32 = zlib.crc32
     kinds = _KINDS
-    nkinds = len(kinds)
     hs = RECORD_HEADER_SIZE
     off = offset
     while off < n:
         if n - off < hs:
             return out, ScanEnd(off, TORN_HEADER)
-        crc, length, kind, flags, reserved, time_ns = unpack(mv, off)
-        end = off + hs + length
-        if (
-            length > MAX_PAYLOAD
-            or end > n
-            or crc32(mv[off + 4 : end]) != crc
-            or not 0 < kind < nkinds
-            or flags
-            or reserved
-        ):
+        rec = _intact(mv, off, n)
+        if rec is None:
             return out, ScanEnd(off, _check(mv, off, n)[1])
+        end, kind, time_ns = rec
         out.append((off, Record(kinds[kind], time_ns, bytes(mv[off + hs : end]))))
         off = end
     return out, ScanEnd(off, None)
@@ -301,9 +309,6 @@ def summarize_records(buf: bytes | bytearray | memoryview, offset: int = 0) -> S
     ``Record`` objects: what recovery and ``verify()`` need, at about a third of the cost."""
     mv = memoryview(buf).cast("B")
     n = len(mv)
-    unpack = _RECORD_HEAD.unpack_from
-    crc32 = zlib.crc32
-    nkinds = len(_KINDS)
     hs = RECORD_HEADER_SIZE
     count, lo, hi, mask = 0, _U64_MAX + 1, -1, 0
     gaps: list[Gap] = []
@@ -312,17 +317,10 @@ def summarize_records(buf: bytes | bytearray | memoryview, offset: int = 0) -> S
         while off < n:
             if n - off < hs:
                 break
-            crc, length, kind, flags, reserved, time_ns = unpack(mv, off)
-            end = off + hs + length
-            if (
-                length > MAX_PAYLOAD
-                or end > n
-                or crc32(mv[off + 4 : end]) != crc
-                or not 0 < kind < nkinds
-                or flags
-                or reserved
-            ):
+            rec = _intact(mv, off, n)
+            if rec is None:
                 break
+            end, kind, time_ns = rec
             count += 1
             if time_ns < lo:  # noqa: PLR1730 - hot loop: a compare is cheaper than calling min()
                 lo = time_ns
