@@ -10,26 +10,31 @@ Guarantees:
   its partner's socket is paused until it drains, so TCP pushes back on the sender and memory per
   link stays bounded.
 
-Why frames are relayed from the protocol callback: websockets' ``recv()``/``send()`` path costs a
-task wake-up, a message assembler and a send lock per frame, about twice the latency budget
-(bench/value_latency.py). Both legs are websockets connections whose ``process_event`` hands each
-data frame straight to :meth:`ChargePointLink._on_frame`, which writes it to the partner leg in
-the same event-loop step. Handshakes, ping/pong, keepalive and the closing handshake stay
-websockets' job. Inspection (parsing, validation, latency, tap) runs after the frame has been
-written, except in enforce mode where a CALL must be checked first.
+Why frames are relayed as bytes: websockets' ``recv()``/``send()`` path costs a task wake-up, a
+message assembler and a send lock per frame, and even its protocol callback builds a Frame through
+a generator-based parser and re-serialises it; together about twice the latency budget
+(bench/value_latency.py). Both legs are websockets connections (:class:`RelayLeg`) that keep the
+HTTP handshake, ping/pong, keepalive and the closing handshake, but hand each complete text frame's
+payload straight to :meth:`ChargePointLink._on_text`, which writes it to the partner leg as one
+frame in the same event-loop step (unmasked from a charger, masked towards the CSMS). Fragmented,
+binary or otherwise unusual frames make that leg fall back to websockets' parser for good, so its
+close codes (1002, 1003, 1009) stay websockets'. Inspection (parsing, validation, latency, tap) runs
+after the frame has been written, except in enforce mode where a CALL must be checked first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from secrets import token_bytes
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode, apply_mask
+from websockets.protocol import CLOSED, CONNECTING, OPEN
 
 from ..logfmt import get_logger
 from .inspect import Direction, FrameInspector
@@ -42,6 +47,7 @@ NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_DATA, TOO_BIG, INTERNAL_ERROR, SER
     1000, 1001, 1003, 1007, 1009, 1011, 1012,
 )
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
+_NO_HEADERS = Headers()
 
 
 class TapSink(Protocol):
@@ -49,11 +55,188 @@ class TapSink(Protocol):
 
 
 class RelayLeg:
-    """Mixin for websockets connections: once ``on_data`` is set, data frames bypass the message
-    assembler and go to that callback; flow control is coupled to the ``partner`` leg."""
+    """Mixin for websockets connections that relays complete text frames as bytes.
 
-    on_data: Any = None
-    partner: Any = None
+    websockets does the HTTP handshake and every control frame (ping/pong, keepalive, the closing
+    handshake); a complete unfragmented text frame never reaches its parser. Everything after the
+    handshake's header block goes through :meth:`_relay`, which hands each text payload (unmasked)
+    to ``on_text`` and feeds control frames to websockets as whole frames, so its parser always sits
+    on a frame boundary. Anything unusual (binary, fragments, RSV bits, a wrong mask bit, a frame
+    over ``max_size``) makes the leg fall back for good: websockets parses the rest and its data
+    frames go to ``on_data`` (the Frame-level path), keeping websockets' own close codes.
+    Until ``start_relay`` is called, post-handshake bytes wait in ``_pending``.
+
+    Flow control is coupled to the ``partner`` leg: when this leg's transport buffer passes the
+    write limit, reading from the partner is paused until it drains.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Every attribute is set here, before websockets' own: an attribute added to an instance
+        # later unshares its __dict__ (~1.5 KB per leg, 3 MB at 1,000 chargers).
+        self.on_data: Any = None
+        self.on_text: Any = None
+        self.partner: Any = None
+        self._pending: bytearray | None = None  # None until the handshake's header block has gone by
+        self._handshake_tail = b""
+        self._held = False  # reading paused while bytes wait for start_relay
+        self._raw = True  # False once websockets parses everything (fallback, closing, failed handshake)
+        super().__init__(*args, **kwargs)
+
+    _masked_in = False  # frames from a client are masked (RFC 6455 §5.3)
+
+    # ---- receiving --------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            if self._raw:
+                self._handshake_received(data)
+            else:
+                super().data_received(data)  # type: ignore[misc]
+            return
+        if self.on_text is None:
+            pending += data
+            if not self._held and len(pending) > (self.protocol.max_message_size or 1 << 20) + 16:  # type: ignore[attr-defined]
+                self._held = True
+                self.transport.pause_reading()  # type: ignore[attr-defined]
+            return
+        if pending:
+            pending += data
+            self._pending = bytearray()
+            self._relay(pending)
+        else:
+            self._relay(data)
+
+    def _handshake_received(self, data: bytes) -> None:
+        joined = self._handshake_tail + data
+        end = joined.find(b"\r\n\r\n")
+        if end < 0:
+            self._handshake_tail = joined[-3:]
+            super().data_received(data)  # type: ignore[misc]
+            return
+        cut = end + 4 - len(self._handshake_tail)
+        super().data_received(data[:cut])  # type: ignore[misc]
+        rest = data[cut:]
+        state = self.protocol.state  # type: ignore[attr-defined]
+        # A server is still CONNECTING here (its response goes out later); a client is OPEN
+        # unless the handshake failed, and then websockets reads the response body itself.
+        if state is OPEN or (state is CONNECTING and self._masked_in):
+            self._pending = bytearray(rest)
+        else:
+            self._raw = False
+            if rest:
+                super().data_received(rest)  # type: ignore[misc]
+
+    def start_relay(self, on_text: Any, on_data: Any, partner: Any) -> None:
+        """Install the link's callbacks and relay what arrived since the handshake."""
+        self.partner = partner
+        self.on_data = on_data
+        # The handshake is over: its headers (~4 KB per leg) are not needed any more. websockets
+        # still tests request/response for None, so only their headers go.
+        for message in (self.request, self.response):  # type: ignore[attr-defined]
+            if message is not None:
+                message.headers = _NO_HEADERS
+        if self._pending is None:  # websockets parses this leg (see the class docstring)
+            return
+        self.on_text = on_text
+        pending, self._pending = self._pending, bytearray()
+        if self._held:
+            self._held = False
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+        if pending:
+            self._relay(pending)
+
+    def stop_relay(self) -> None:
+        """Hand the leg back to websockets (the link is ending): buffered bytes included."""
+        self.on_text = self.on_data = self.partner = None
+        self._fall_back(self._pending or b"", 0)
+
+    def _fall_back(self, buf: bytes | bytearray, pos: int) -> None:
+        self._pending = None
+        self._raw = False
+        if pos < len(buf) and self.protocol.state is not CLOSED:  # type: ignore[attr-defined]
+            super().data_received(bytes(buf[pos:]))  # type: ignore[misc]
+
+    def _relay(self, buf: bytes | bytearray) -> None:
+        """Relay every complete frame in ``buf``; keep an incomplete tail for the next read."""
+        n = len(buf)
+        pos = 0
+        masked = self._masked_in
+        max_size = self.protocol.max_message_size  # type: ignore[attr-defined]
+        on_text = self.on_text
+        while n - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            length = b1 & 0x7F
+            h = pos + 2
+            if length == 126:
+                if n < h + 2:
+                    break
+                length = int.from_bytes(buf[h:h + 2], "big")
+                h += 2
+            elif length == 127:
+                if n < h + 8:
+                    break
+                length = int.from_bytes(buf[h:h + 8], "big")
+                h += 8
+            if b0 != 0x81 or (b1 >> 7) != masked or (max_size is not None and length > max_size):
+                if b0 & 0x78 == 0x08 and length <= 125 and (b1 >> 7) == masked:
+                    # A well-formed control frame: websockets answers pings and closes.
+                    end = h + 4 * masked + length
+                    if n < end:
+                        break
+                    super().data_received(bytes(buf[pos:end]))  # type: ignore[misc]
+                    pos = end
+                    if self.protocol.state is not OPEN:  # type: ignore[attr-defined]
+                        self._fall_back(buf, pos)  # closing: websockets ignores what follows
+                        return
+                    continue
+                self._fall_back(buf, pos)  # websockets reports it or reassembles fragments
+                return
+            if masked:
+                end = h + 4 + length
+                if n < end:
+                    break
+                payload = apply_mask(buf[h + 4:end], buf[h:h + 4])
+            else:
+                end = h + length
+                if n < end:
+                    break
+                payload = bytes(buf[h:end])
+            pos = end
+            on_text(self, payload)
+            if self._pending is None:  # the callback handed the leg back to websockets
+                self._fall_back(buf, pos)
+                return
+        if pos < n:
+            self._pending += buf[pos:]  # type: ignore[operator]
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    def send_raw_text(self, payload: bytes) -> bool:
+        """Write ``payload`` as one text frame; False when the leg no longer sends data."""
+        if self.protocol.state is not OPEN:  # type: ignore[attr-defined]
+            return False
+        n = len(payload)
+        if n < 126:
+            size, ext = n, b""
+        elif n < 65536:
+            size, ext = 126, n.to_bytes(2, "big")
+        else:
+            size, ext = 127, n.to_bytes(8, "big")
+        if self._masked_in:
+            head = bytes((0x81, size)) + ext
+        else:  # a client masks what it sends (RFC 6455 §5.3)
+            mask = token_bytes(4)
+            head = bytes((0x81, 0x80 | size)) + ext + mask
+            payload = apply_mask(payload, mask)
+        self.transport.write(head + payload)  # type: ignore[attr-defined]
+        return True
+
+    async def close(self, code: int = NORMAL, reason: str = "") -> None:
+        if self._pending is not None:
+            self.stop_relay()
+        await super().close(code, reason)  # type: ignore[misc]
 
     def process_event(self, event: Any) -> None:
         on_data = self.on_data
@@ -74,7 +257,7 @@ class RelayLeg:
 
 
 class RelayServerConnection(RelayLeg, ServerConnection):
-    pass
+    _masked_in = True
 
 
 class RelayClientConnection(RelayLeg, ClientConnection):
@@ -112,20 +295,18 @@ class ChargePointLink:
             while len(leg.recv_messages.frames):
                 msg = await leg.recv()
                 self._forward(leg, msg if isinstance(msg, str) else None, msg if isinstance(msg, bytes) else msg.encode())
-            leg.partner = partner  # type: ignore[attr-defined]
-            leg.on_data = self._on_frame  # type: ignore[attr-defined]
-        waits = {asyncio.ensure_future(self.charger.wait_closed()): "charger",
-                 asyncio.ensure_future(self.upstream.wait_closed()): "upstream"}
+            leg.start_relay(self._on_text, self._on_frame, partner)  # type: ignore[attr-defined]
+        # connection_lost_waiter is what wait_closed() awaits; waiting on the futures themselves
+        # spares two tasks per link. They must never be cancelled (websockets sets them).
+        waits = {self.charger.connection_lost_waiter: "charger", self.upstream.connection_lost_waiter: "upstream"}
         try:
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             await self.close(GOING_AWAY, "gateway shutting down")
             raise
         finally:
-            for t in waits:
-                t.cancel()
-            self.charger.on_data = self.upstream.on_data = None  # type: ignore[attr-defined]
-            self.charger.partner = self.upstream.partner = None  # type: ignore[attr-defined]
+            self.charger.stop_relay()  # type: ignore[attr-defined]
+            self.upstream.stop_relay()  # type: ignore[attr-defined]
         if self._closing is not None:
             await self._close_both(*self._closing)
             return
@@ -153,7 +334,23 @@ class ChargePointLink:
 
     # ---- the hot path: called from the source leg's data_received ---------------------------
 
+    def _on_text(self, src: Connection, data: bytes) -> None:
+        """A complete text frame's payload, from the byte-level relay."""
+        if src in self._refused:
+            return
+        try:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                self._refuse(src, INVALID_DATA, "invalid UTF-8 in a text frame")
+                return
+            self._forward(src, text, data)
+        except Exception as e:  # noqa: BLE001 - a bug here must cost this link, never the process
+            log.exception("link_relay_failed", cp=self.cp_id, error=repr(e))
+            self._refuse(src, INTERNAL_ERROR, "gateway error")
+
     def _on_frame(self, src: Connection, frame: Frame) -> None:
+        """A data frame websockets parsed (fallback path: fragments, binary, before the relay)."""
         if src in self._refused:
             return
         try:
@@ -258,8 +455,6 @@ def _write(leg: Connection, data: bytes) -> bool:
     """Queue one text frame on ``leg`` and hand it to the transport now; False if the leg is closing
     (the link is ending: that leg will not deliver anything any more)."""
     try:
-        leg.protocol.send_text(data)
-        leg.send_data()
-    except (InvalidState, RuntimeError, OSError):
+        return leg.send_raw_text(data)  # type: ignore[attr-defined, no-any-return]
+    except (RuntimeError, OSError):
         return False
-    return True

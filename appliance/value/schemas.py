@@ -54,6 +54,7 @@ anything else         FORMAT                   FORMAT                       the 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal, InvalidOperation
@@ -61,7 +62,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft4Validator
+from fastjsonschema.draft04 import CodeGeneratorDraft04
+from fastjsonschema.draft06 import CodeGeneratorDraft06
+from fastjsonschema.ref_resolver import RefResolver
+from jsonschema import Draft4Validator, Draft6Validator
 from jsonschema.exceptions import ValidationError, best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend, validator_for
@@ -117,15 +121,16 @@ def _catalogue(version: str) -> dict[str, _Entry]:
     }
 
 
-def _multiple_of(validator: Validator, divisor: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    """``multipleOf`` in decimal arithmetic; see the module docstring."""
-    if not validator.is_type(instance, "number"):
-        return
+def _is_decimal_multiple(instance: Any, divisor: Any) -> bool:
+    """``multipleOf`` in decimal arithmetic (see the module docstring); shared by both validators."""
     try:
-        failed = Decimal(repr(instance)) % Decimal(repr(divisor)) != 0
+        return bool(Decimal(repr(instance)) % Decimal(repr(divisor)) == 0)
     except (InvalidOperation, ValueError):
-        failed = True  # inf, or a quotient beyond the decimal context: not a sane multiple either
-    if failed:
+        return False  # inf, or a quotient beyond the decimal context: not a sane multiple either
+
+
+def _multiple_of(validator: Validator, divisor: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "number") and not _is_decimal_multiple(instance, divisor):
         yield ValidationError(f"is not a multiple of {divisor}")
 
 
@@ -174,6 +179,145 @@ def _compiled(version: str, schema_name: str) -> Validator:
     return _decimal_variant(cls)(_inline_local_refs(schema))
 
 
+# --- fast path ---------------------------------------------------------------------------------
+# Keywords whose fastjsonschema check (with the generator overrides below) accepts exactly the
+# instances jsonschema accepts, given that every constrained node also has a ``type``:
+# type (overridden: JSON-native Python types only, bool is never a number, Draft 6 integers include
+# integral floats, as in jsonschema's type checkers), properties, additionalProperties (boolean),
+# required, enum (string values: ``isinstance(x, str) and x == v``), max/minLength (``len`` of a
+# str), minimum/maximum (plain comparison), multipleOf (overridden: the shared decimal rule),
+# items (a single schema), additionalItems (ignored next to such ``items`` by both), min/maxItems.
+_FAST_KEYWORDS = frozenset({
+    "type", "properties", "additionalProperties", "required", "enum", "maxLength", "minLength",
+    "minimum", "maximum", "multipleOf", "items", "additionalItems", "minItems", "maxItems",
+})
+# Asserted by neither validator here (format: not asserted; default: use_default=False).
+_INERT_KEYWORDS = frozenset({
+    "$schema", "$id", "id", "$comment", "comment", "description", "title", "javaType", "default",
+    "format", "definitions",
+})
+_PYTHON_TYPES = {
+    "null": "NoneType", "boolean": "bool", "number": "int, float", "integer": "int", "string": "str",
+    "array": "list", "object": "dict",
+}
+
+
+def _fast_path_obstacle(node: Any, where: str = "$") -> str | None:
+    """Why ``node`` (an inlined schema) may not be fast-validated, or None if it may.
+
+    Anything outside the keywords and value shapes listed above sends the whole schema to
+    jsonschema alone: an unmatched keyword would be ignored by the fast validator, i.e. lenient.
+    """
+    if not isinstance(node, dict):
+        return f"{where} is not an object schema"
+    unknown = sorted(k for k in node if k not in _FAST_KEYWORDS and k not in _INERT_KEYWORDS)
+    if unknown:
+        return f"{where} uses {', '.join(unknown)}"
+    if "type" not in node and any(k in _FAST_KEYWORDS for k in node):
+        return f"{where} has constraints but no type"
+    if "type" in node:
+        types = node["type"] if isinstance(node["type"], list) else [node["type"]]
+        if not types or not all(isinstance(t, str) and t in _PYTHON_TYPES for t in types):
+            return f"{where} has an unusual type"
+    if "enum" in node and not (isinstance(node["enum"], list) and all(isinstance(v, str) for v in node["enum"])):
+        return f"{where} has a non-string enum"
+    if "required" in node and not (isinstance(node["required"], list) and all(isinstance(v, str) for v in node["required"])):
+        return f"{where} has an unusual required"
+    if not isinstance(node.get("additionalProperties", False), bool):
+        return f"{where} has a schema for additionalProperties"
+    for keyword in ("maxLength", "minLength", "minItems", "maxItems", "minimum", "maximum", "multipleOf"):
+        value = node.get(keyword, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where} has a non-numeric {keyword}"
+    properties = node.get("properties", {})
+    if not isinstance(properties, dict):
+        return f"{where} has unusual properties"
+    for name, subschema in properties.items():
+        if (reason := _fast_path_obstacle(subschema, f"{where}.{name}")) is not None:
+            return reason
+    if "items" in node:
+        return _fast_path_obstacle(node["items"], f"{where}[]")
+    return None
+
+
+class _ExactChecks:
+    """fastjsonschema generator overrides that make ``type`` and ``multipleOf`` mean what they mean
+    for our jsonschema validator (fastjsonschema accepts tuples as arrays, Decimal as a number, and
+    divides for ``multipleOf``, which accepts 1e300 where our decimal rule rejects it)."""
+
+    _integral_floats = False  # Draft 4: 1.0 is not an integer; Draft 6: it is
+
+    _definition: dict[str, Any]
+    l: Any
+    exc: Any
+
+    def generate_type(self) -> None:
+        types = self._definition["type"]
+        types = types if isinstance(types, list) else [types]
+        accept = f"isinstance({{variable}}, ({', '.join(_PYTHON_TYPES[t] for t in types)},))"
+        if "integer" in types and self._integral_floats:
+            accept += " or (isinstance({variable}, float) and {variable}.is_integer())"
+        if ("number" in types or "integer" in types) and "boolean" not in types:
+            accept = f"({accept}) and not isinstance({{variable}}, bool)"
+        with self.l(f"if not ({accept}):"):
+            self.exc("{name} must be {}", " or ".join(types), rule="type")
+
+    def generate_multiple_of(self) -> None:
+        with self.l(
+            "if isinstance({variable}, (int, float)) and not isinstance({variable}, bool)"
+            " and not _is_decimal_multiple({variable}, {multipleOf!r}):"
+        ):
+            self.exc("{name} must be multiple of {multipleOf}", rule="multipleOf")
+
+    @property
+    def global_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().global_state  # type: ignore[misc]
+        state["_is_decimal_multiple"] = _is_decimal_multiple
+        return state
+
+
+class _FastDraft4(_ExactChecks, CodeGeneratorDraft04):
+    pass
+
+
+class _FastDraft6(_ExactChecks, CodeGeneratorDraft06):
+    _integral_floats = True
+
+
+_FAST_GENERATORS: dict[str, type[CodeGeneratorDraft04]] = {
+    str(Draft4Validator.META_SCHEMA["$schema"]): _FastDraft4,
+    str(Draft6Validator.META_SCHEMA["$schema"]): _FastDraft6,
+}
+
+
+@cache
+def _fast_compiled(version: str, schema_name: str) -> Callable[[Any], Any] | None:
+    """fastjsonschema code for the schema :func:`_compiled` validates with, or None (no fast path).
+
+    The generated function raises on any payload it does not accept; it never inserts defaults.
+    """
+    validator = _compiled(version, schema_name)
+    generator_class = _FAST_GENERATORS.get(str(type(validator).META_SCHEMA.get("$schema")))
+    if generator_class is None or _fast_path_obstacle(validator.schema) is not None:
+        return None
+    # Ids and definitions dropped: nothing refers to them once refs are inlined (the obstacle check
+    # admits no $ref), so the resolver has nothing it could fetch.
+    definition = {
+        k: v for k, v in copy.deepcopy(validator.schema).items() if k not in ("$id", "id", "$schema", "definitions")
+    }
+    try:
+        resolver = RefResolver.from_schema(definition, store={})
+        generator = generator_class(
+            definition, resolver=resolver, use_default=False, use_formats=False, detailed_exceptions=False,
+        )
+        namespace = generator.global_state
+        exec(generator.func_code, namespace)  # noqa: S102 - code generated from the package's schemas
+        function: Callable[[Any], Any] = namespace[resolver.get_scope_name()]
+    except Exception:  # noqa: BLE001 - a schema fastjsonschema cannot compile is validated by jsonschema
+        return None
+    return function
+
+
 def known_actions(version: str) -> frozenset[str]:
     """Every action the installed ocpp package has a schema for in ``version``."""
     return frozenset(_catalogue(version))
@@ -202,6 +346,13 @@ def validate_payload(version: str, action: str, is_request: bool, payload: Any) 
         )
         raise FrameError(ErrorKind.NOT_IMPLEMENTED, detail)
     validator = _compiled(version, schema_name)
+    fast = _fast_compiled(version, schema_name)
+    if fast is not None:
+        try:
+            fast(payload)
+            return
+        except Exception:  # noqa: BLE001 - rejected (or the fast code failed): jsonschema decides and explains
+            pass
     try:
         first = next(validator.iter_errors(payload), None)
         if first is None:
