@@ -14,9 +14,7 @@ health's tap socket, so health receives the redacted frames throughout.
 Cases, each with a fresh ``omgw health`` process beside the same value process:
 
 (a) idle: 1 Hz sampling, 2 meters on one pty line, 1 sensor, default black-box flushing;
-(b) max: ``sample_interval_s = 0.2`` (the config's lower bound, ``ge=0.2``; 20 Hz is rejected by
-    ``HealthConfig`` and by ``set_sample_interval``, so 5 Hz is the maximum the product allows),
-    16 meters on 4 socat pty lines, 4 sensors, ``flush_interval_s = 0.05``/``flush_bytes = 4096``,
+(b) max: ``sample_interval_s = 0.05`` (20 Hz, the config's lower bound), 16 meters on 4 socat pty lines, 4 sensors, ``flush_interval_s = 0.05``/``flush_bytes = 4096``,
     and a signed ``snapshot`` command published over MQTT every 10 s (``post_s = 2``, so the
     snapshot is written inside the case);
 (c) max config, broker stopped for the whole case (telemetry spools);
@@ -24,6 +22,11 @@ Cases, each with a fresh ``omgw health`` process beside the same value process:
 (e) max config plus a CPU hog (``python -c "while True: pass"``); both put in a child cgroup of
     the cgroup-v1 ``cpu`` controller when it can be created, else left at the same nice level;
 (a') idle again at the end, to show drift.
+
+As deployed, the processes run in the image's slices: where cgroup-v1 ``cpu`` groups can be made,
+value gets ``cpu.shares`` 10240 (omgw-value.slice CPUWeight=1000) and health 512 with a 50 % CFS
+quota (omgw-health.slice CPUWeight=50, CPUQuota=50%); the load generator and the CSMS, which stand
+for machines outside the gateway, stay where they are. ``--no-slices`` measures without them.
 
 p99 ratios are against (a) of the same run; targets (ratio <= 1.10, zero lost/reordered) are printed
 as met or missed, never asserted (STYLE.md). Results: ``bench/out/isolation.json``. Everything
@@ -363,18 +366,24 @@ def write_config(path: Path, *, tmp: Path, csms_port: int, value_port: int, brok
 
 
 class CpuCgroup:
-    """A child of the cgroup-v1 ``cpu`` hierarchy (if creatable) holding health and the hog."""
+    """A child of the cgroup-v1 ``cpu`` hierarchy (if creatable), optionally with the CPU settings of
+    one of the image's slices (image/systemd/omgw-*.slice)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, shares: int | None = None, quota_pct: int | None = None) -> None:
         self.path: Path | None = None
         self.note = ""
-        cand = CGROUP_CPU / f"omgw-isolation-{os.getpid()}"
+        cand = CGROUP_CPU / f"omgw-isolation-{os.getpid()}-{name}"
         try:
             cand.mkdir()
             self.path = cand
-            self.note = f"cgroup v1 cpu controller: {cand}"
+            if shares is not None:  # systemd maps CPUWeight w to cpu.shares w * 1024 / 100
+                (cand / "cpu.shares").write_text(str(shares))
+            if quota_pct is not None:
+                period = int((cand / "cpu.cfs_period_us").read_text())
+                (cand / "cpu.cfs_quota_us").write_text(str(period * quota_pct // 100))
+            self.note = f"cgroup v1 cpu {cand.name}: shares {shares}, quota {quota_pct}%"
         except OSError as e:
-            self.note = f"no cgroup ({e}); hog at the same nice level as health"
+            self.note = f"no cgroup {name} ({e})"
 
     def add(self, pid: int) -> bool:
         if self.path is None:
@@ -411,7 +420,8 @@ class Bench:
         self.broker: Any = None
         self.health: subprocess.Popen[bytes] | None = None
         self.value: subprocess.Popen[bytes] | None = None
-        self.cgroup: CpuCgroup | None = None
+        self.cgroup: CpuCgroup | None = None  # health (and the hog in case e)
+        self.value_cgroup: CpuCgroup | None = None
         self.publisher: Any = None
         self.results: dict[str, Any] = {"cases": [], "notes": []}
         self.health_log = self.tmp / "health.log"
@@ -469,8 +479,17 @@ class Bench:
                 await asyncio.sleep(0.1)
         urls = [f"ws://127.0.0.1:{self.value_port}/ocpp/CP{i:03d}" for i in range(self.a.chargers)]
         self.results["connect"] = await self.loadgen.call("connect_many", urls=urls)
-        self.cgroup = CpuCgroup()
-        self.results["notes"].append(self.cgroup.note)
+        if self.a.slices:  # as deployed: omgw-value.slice CPUWeight=1000, omgw-health.slice 50 + CPUQuota=50%
+            self.value_cgroup = CpuCgroup("value", shares=10240)
+            self.cgroup = CpuCgroup("health", shares=512, quota_pct=50)
+            placed = self.value_cgroup.add(self.value.pid)
+            self.results["notes"] += [self.value_cgroup.note, self.cgroup.note,
+                                      f"value process in its slice cgroup: {placed}"]
+            self.results["slices"] = placed
+        else:
+            self.cgroup = CpuCgroup("health")
+            self.results["notes"].append(self.cgroup.note + "; no slice settings (--no-slices)")
+            self.results["slices"] = False
         self._start_publisher()
 
     def _start_publisher(self) -> None:
@@ -498,7 +517,7 @@ class Bench:
         path = self.tmp / f"{tag}.toml"
         kw: dict[str, Any] = (dict(lines=self.ports[:1], meters_per_line=2, sensors=1, interval_s=1.0, max_mode=False)
                               if idle else
-                              dict(lines=self.ports, meters_per_line=4, sensors=4, interval_s=0.2, max_mode=True))
+                              dict(lines=self.ports, meters_per_line=4, sensors=4, interval_s=0.05, max_mode=True))
         write_config(path, state_dir=self.tmp / f"state-{tag}", **kw, **self.common)
         return path
 
@@ -509,6 +528,8 @@ class Bench:
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                  env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
         self.procs.append(p)
+        if self.a.slices and self.cgroup is not None:
+            self.cgroup.add(p.pid)
         return p
 
     def stop_health(self, sig: int = signal.SIGTERM) -> None:
@@ -607,7 +628,7 @@ class Bench:
                                "loadavg_start": os.getloadavg(), "chargers": self.a.chargers, "rate_hz": self.a.rate,
                                "seconds": self.a.seconds, "rounds": self.a.rounds, "warmup_s": self.a.warmup, "settle_s": self.a.settle}
         cases = [("a", "health idle (1 Hz, 2 meters)"),
-                 ("b", "health max (5 Hz, 16 meters, flush 50 ms, snapshot/10 s)"),
+                 ("b", "health max (20 Hz, 16 meters, flush 50 ms, snapshot/10 s)"),
                  ("c", "broker down, spool filling (max cfg)"),
                  ("d", "health SIGKILL + restart every 5 s (max cfg)"),
                  ("e", "CPU hog beside health (max cfg)"),
@@ -653,8 +674,9 @@ class Bench:
                 await sim.stop()
         if self.broker is not None:
             self.broker.kill()
-        if self.cgroup is not None:
-            self.cgroup.remove()
+        for cg in (self.cgroup, self.value_cgroup):
+            if cg is not None:
+                cg.remove()
         out = BENCH_DIR / "out"
         out.mkdir(exist_ok=True)
         for src, dst in ((self.health_log, "isolation-health.log"), (self.value_log, "isolation-value.log")):
@@ -775,6 +797,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="repeat the case sequence (middle order reversed "
                                                            "every other round; default 3)")
     ap.add_argument("--rate", type=float, default=20.0, help="CALLs per second per charger (default 20)")
+    ap.add_argument("--no-slices", dest="slices", action="store_false",
+                    help="do not mirror the image's slices (value CPUWeight 1000; health CPUWeight 50, CPUQuota "
+                         "50%%) with cgroup-v1 cpu groups; by default they are mirrored where cgroups can be made")
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out" / "isolation.json")
     args = ap.parse_args()
     _peers.raise_nofile()

@@ -365,7 +365,7 @@ _ARG_SPECS: dict[str, dict[str, tuple[bool, Callable[[Any], str | None], Any]]] 
         "cp": (True, _ident, None),
         "force": (False, _bool, False),
     },
-    "set_sample_interval": {"interval_s": (True, _number_in(0.2, 60.0), None)},
+    "set_sample_interval": {"interval_s": (True, _number_in(0.05, 60.0), None)},
 }
 assert frozenset(_ARG_SPECS) == COMMANDS
 

