@@ -58,19 +58,24 @@ def _number(schema: dict[str, Any], integer: bool) -> int | float:
     return value
 
 
-def build(schema: dict[str, Any], full: bool) -> Any:
-    """A valid instance of an inlined schema: required members only, or every member (``full``)."""
+def build(schema: dict[str, Any], full: bool, root: bool = True) -> Any:
+    """A valid instance of an inlined schema: required members only, or every member (``full``).
+
+    2.x puts the same optional ``customData`` into every object; a full instance has it at the root
+    only (mutating its hundreds of copies in the big 2.1 schemas would triple the run time).
+    """
     if "enum" in schema:
         return schema["enum"][0]
     types = _types(schema)
     kind = types[0] if types else "object"
     if kind == "object":
         props = schema.get("properties", {})
-        keys = list(props) if full else list(schema.get("required", []))
-        return {k: build(props.get(k, {}), full) for k in keys}
+        required = list(schema.get("required", []))
+        keys = [k for k in props if root or k != "customData" or k in required] if full else required
+        return {k: build(props.get(k, {}), full, root=False) for k in keys}
     if kind == "array":
         count = max(schema.get("minItems", 0), 1 if full else 0)
-        return [build(schema.get("items", {}), full) for _ in range(count)]
+        return [build(schema.get("items", {}), full, root=False) for _ in range(count)]
     if kind == "string":
         if schema.get("format") == "date-time":
             return TS
@@ -117,8 +122,10 @@ def node_mutations(schema: dict[str, Any], value: Any) -> Iterator[Any]:
                 if n >= 0:
                     yield "y" * n
                     yield "é" * n
-    for option in schema.get("enum", []):
-        yield option
+    options = schema.get("enum", [])
+    for option in options:
+        if option in (options[0], options[-1]):  # two valid options suffice; the misses are the point
+            yield option
         yield option.lower()
         yield option + " "
         yield option[:-1]
@@ -167,13 +174,6 @@ def outcome(version: str, action: str, is_request: bool, payload: Any) -> tuple[
     except FrameError as err:
         return err.kind, err.detail
     return None
-
-
-@pytest.fixture
-def jsonschema_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Switch the fast path off (the reference behaviour)."""
-    monkeypatch.setattr(schemas, "_fast_compiled", lambda version, name: None)
-    yield
 
 
 # --- the differential test ----------------------------------------------------------------------
@@ -280,22 +280,15 @@ METER_VALUES_BAD = {"connectorId": 1, "meterValue": [{"timestamp": TS, "sampledV
     {"value": "1", "unit": "kWh"}, {"value": "2", "measurand": "Flux.Capacitance"}]}]}
 
 
-def test_rejected_payload_gets_the_jsonschema_error(jsonschema_only: None) -> None:
-    with pytest.raises(FrameError) as exc:
-        validate_payload("1.6", "MeterValues", True, METER_VALUES_BAD)
-    reference = (exc.value.kind, exc.value.detail)
-    assert reference == (
-        ErrorKind.PROPERTY_CONSTRAINT,
-        f"MeterValues request: $.meterValue[0].sampledValue[1].measurand is not one of the allowed values "
-        f"({len(schemas._compiled('1.6', 'MeterValues').schema['properties']['meterValue']['items']['properties']['sampledValue']['items']['properties']['measurand']['enum'])} values)",
-    )
-
-
-def test_fallback_keeps_the_detail() -> None:
-    with pytest.raises(FrameError) as exc:
-        validate_payload("1.6", "MeterValues", True, METER_VALUES_BAD)
-    assert exc.value.kind is ErrorKind.PROPERTY_CONSTRAINT
-    assert exc.value.detail.startswith("MeterValues request: $.meterValue[0].sampledValue[1].measurand is not one of")
+def test_fallback_keeps_the_jsonschema_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert schemas._fast_compiled("1.6", "MeterValues") is not None
+    with_fast = outcome("1.6", "MeterValues", True, METER_VALUES_BAD)
+    with monkeypatch.context() as m:
+        m.setattr(schemas, "_fast_compiled", lambda version, name: None)
+        reference = outcome("1.6", "MeterValues", True, METER_VALUES_BAD)
+    assert with_fast == reference
+    assert reference is not None and reference[0] is ErrorKind.PROPERTY_CONSTRAINT
+    assert reference[1].startswith("MeterValues request: $.meterValue[0].sampledValue[1].measurand is not one of")
 
 
 def test_a_failing_fast_validator_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
