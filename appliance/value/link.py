@@ -25,8 +25,8 @@ after the frame has been written, except in enforce mode where a CALL must be ch
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from secrets import token_bytes
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection
@@ -52,6 +52,26 @@ _NO_HEADERS = Headers()
 
 class TapSink(Protocol):
     def put(self, time_ns: int, cp_id: str, direction: str, event: str, frame: str | None = None, **extra: object) -> None: ...
+
+
+class _MaskSource:
+    """Frame masks from the kernel's CSPRNG, fetched 1,024 at a time: RFC 6455 §5.3 wants each
+    mask unpredictable, not one getrandom() system call per frame."""
+
+    def __init__(self, batch: int = 1024) -> None:
+        self._size = 4 * batch
+        self._buf = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._buf):
+            self._buf, pos = os.urandom(self._size), 0
+        self._pos = pos + 4
+        return self._buf[pos:pos + 4]
+
+
+_masks = _MaskSource()
 
 
 class RelayLeg:
@@ -227,7 +247,7 @@ class RelayLeg:
         if self._masked_in:
             head = bytes((0x81, size)) + ext
         else:  # a client masks what it sends (RFC 6455 §5.3)
-            mask = token_bytes(4)
+            mask = _masks.take()
             head = bytes((0x81, 0x80 | size)) + ext + mask
             payload = apply_mask(payload, mask)
         self.transport.write(head + payload)  # type: ignore[attr-defined]
@@ -286,6 +306,8 @@ class ChargePointLink:
         self._partial: dict[Connection, list[bytes] | None] = {charger: None, upstream: None}
         self._next_invalid_log = 0
         self._invalid_unlogged = 0
+        # Cached: asyncio.get_running_loop() costs a getpid() system call on every frame.
+        self._loop = asyncio.get_running_loop()
 
     async def run(self) -> None:
         """Relay until either leg ends, then close the other one."""
@@ -409,7 +431,7 @@ class ChargePointLink:
             if not _write(dst, data):
                 return
             self._count(up, len(data), now)
-            asyncio.get_running_loop().call_soon(self._inspect, direction, dir_name, up, text, now)
+            self._loop.call_soon(self._inspect, direction, dir_name, up, text, now)
             return
         self._count(up, len(data), now)
         self._after(obs, dir_name, up, text, now)
