@@ -65,9 +65,9 @@ class MqttSettings:
     host: str
     port: int
     gateway_id: str
-    ca_file: str
-    cert_file: str
-    key_file: str
+    ca_file: str | None  # None: the system's trust store
+    cert_file: str | None  # None: no client certificate (the broker authenticates otherwise)
+    key_file: str | None
     topic_prefix: str = DEFAULT_PREFIX
     client_id: str | None = None  # default: "omgw-{gateway_id}"
     keepalive_s: int = 30
@@ -78,6 +78,7 @@ class MqttSettings:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     boot_id: str | None = None  # default: a fresh uuid4 per process
+    tls: bool = True  # False only for mqtt:// (config: health.allow_insecure)
     version: str | None = None
 
 
@@ -112,11 +113,13 @@ class _InterfaceBoundClient(mqtt.Client):
         raise err or OSError(f"cannot resolve {self._host}")
 
 
-def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    """Client-side mTLS context: trust only ``ca_file``, present the client certificate, check names."""
+def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """Client-side TLS context: trust only ``ca_file`` (the system store without one), present the
+    client certificate when there is one, check names."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
@@ -156,7 +159,8 @@ class MqttUplink:
         c = _InterfaceBoundClient(CallbackAPIVersion.VERSION2, client_id=s.client_id or f"omgw-{s.gateway_id}",
                                   protocol=mqtt.MQTTv5)
         c.bind_interface = s.bind_interface
-        c.tls_set_context(tls_context(s.ca_file, s.cert_file, s.key_file))
+        if s.tls:
+            c.tls_set_context(tls_context(s.ca_file, s.cert_file, s.key_file))
         c.max_inflight_messages_set(s.max_inflight)
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(int(max(1, s.reconnect_min_s)), int(max(1, s.reconnect_max_s)))

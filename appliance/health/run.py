@@ -215,8 +215,11 @@ class HealthChannel:
             return HttpsUplink(HttpsSettings(url=h.url, ca_file=str(h.ca_file), cert_file=str(h.client_cert),
                                              key_file=str(h.client_key)), self.spool)
         url = urlsplit(h.url)
-        settings = MqttSettings(host=url.hostname or "localhost", port=url.port or 8883, gateway_id=self.gw.id,
-                                ca_file=str(h.ca_file), cert_file=str(h.client_cert), key_file=str(h.client_key),
+        tls = url.scheme == "mqtts"  # mqtt:// passed check-config only with allow_insecure
+        opt = lambda path: None if path is None else str(path)  # noqa: E731
+        settings = MqttSettings(host=url.hostname or "localhost", port=url.port or (8883 if tls else 1883),
+                                gateway_id=self.gw.id, tls=tls,
+                                ca_file=opt(h.ca_file), cert_file=opt(h.client_cert), key_file=opt(h.client_key),
                                 topic_prefix=h.topic_prefix, bind_interface=h.bind_interface, version=__version__)
         return MqttUplink(settings, self.spool, on_command=self._on_command)
 
