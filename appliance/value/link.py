@@ -284,41 +284,6 @@ class RelayClientConnection(RelayLeg, ClientConnection):
     pass
 
 
-class InspectionQueue:
-    """Frames already forwarded, waiting to be inspected together a moment later.
-
-    Why: inspection (JSON parse, schema check, latency match, tap record) is ~5 us per frame. Run
-    right after each write, it is still running when a quick CSMS answers, and the answer waits
-    for it. Run in batches ``delay_s`` later, the forwarding path only appends a tuple. Order is
-    kept (one FIFO for all links), nothing is dropped, and the batch is flushed at once when it
-    reaches ``max_batch`` or a link ends (so its close record follows its frames on the tap).
-    Timestamps are taken when the frame is forwarded, so latencies are not shifted.
-    """
-
-    def __init__(self, delay_s: float = 0.0005, max_batch: int = 64) -> None:
-        self.delay_s = delay_s
-        self.max_batch = max_batch
-        self._items: list[tuple[Any, ...]] = []
-        self._handle: asyncio.TimerHandle | asyncio.Handle | None = None
-
-    def add(self, loop: asyncio.AbstractEventLoop, item: tuple[Any, ...]) -> None:
-        items = self._items
-        items.append(item)
-        if self._handle is None:
-            self._handle = loop.call_later(self.delay_s, self.flush)
-        elif len(items) == self.max_batch:
-            self._handle.cancel()
-            self._handle = loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        items, self._items = self._items, []
-        for link, *args in items:
-            link._inspect(*args)
-
-
 class ChargePointLink:
     def __init__(
         self,
@@ -328,7 +293,6 @@ class ChargePointLink:
         stats: ChargePointStats,
         inspector: FrameInspector,
         tap: TapSink,
-        inspections: InspectionQueue | None = None,
     ):
         self.cp_id = cp_id
         self.charger = charger
@@ -344,7 +308,6 @@ class ChargePointLink:
         self._invalid_unlogged = 0
         # Cached: asyncio.get_running_loop() costs a getpid() system call on every frame.
         self._loop = asyncio.get_running_loop()
-        self._inspections = inspections if inspections is not None else InspectionQueue()
 
     async def run(self) -> None:
         """Relay until either leg ends, then close the other one."""
@@ -366,7 +329,6 @@ class ChargePointLink:
         finally:
             self.charger.stop_relay()  # type: ignore[attr-defined]
             self.upstream.stop_relay()  # type: ignore[attr-defined]
-            self._inspections.flush()
         if self._closing is not None:
             await self._close_both(*self._closing)
             return
@@ -469,7 +431,7 @@ class ChargePointLink:
             if not _write(dst, data):
                 return
             self._count(up, len(data), now)
-            self._inspections.add(self._loop, (self, direction, dir_name, up, text, now))
+            self._loop.call_soon(self._inspect, direction, dir_name, up, text, now)
             return
         self._count(up, len(data), now)
         self._after(obs, dir_name, up, text, now)

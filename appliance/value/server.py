@@ -31,7 +31,7 @@ from ..passwords import verify_password
 from ..sdnotify import SystemdNotifier
 from ..statussock import StatusSocket
 from .inspect import FrameInspector
-from .link import GOING_AWAY, NORMAL, ChargePointLink, InspectionQueue, RelayServerConnection, TapSink
+from .link import GOING_AWAY, NORMAL, ChargePointLink, RelayServerConnection, TapSink
 from ..ocppj import version_of
 from .stats import ChargePointStats
 from .upstream import UpstreamDialer, UpstreamError, server_ssl_context
@@ -108,7 +108,7 @@ class ValueChannel:
         self.tap: Any = tap or _NullTap()
         self.notifier = notifier or SystemdNotifier()
         self.dialer = UpstreamDialer.create(self.cfg)
-        self._stats: dict[str, ChargePointStats] = {}
+        self.stats: dict[str, ChargePointStats] = {}
         self._sessions: dict[str, _Session] = {}
         self._by_conn: dict[ServerConnection, _Session] = {}
         self._auth_ok: set[tuple[str, bytes]] = set()
@@ -117,7 +117,6 @@ class ValueChannel:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_ns = time.time_ns()
         self.handshake_refusals: dict[int, int] = {}
-        self._inspections = InspectionQueue()  # one FIFO for every link (see link.py)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class ValueChannel:
         stats.subprotocol = connection.subprotocol
         version = version_of(connection.subprotocol)
         inspector = FrameInspector(version, self.cfg.validation, self.cfg.pending_calls_max)
-        link = ChargePointLink(cp_id, connection, session.upstream, stats, inspector, self.tap, self._inspections)
+        link = ChargePointLink(cp_id, connection, session.upstream, stats, inspector, self.tap)
         session.link = link
         log.info("charger_connected", cp=cp_id, peer=_peer(connection), subprotocol=connection.subprotocol,
                  reconnects=stats.reconnects)
@@ -301,22 +300,15 @@ class ValueChannel:
             session.done.set()
             self.tap.put(time.time_ns(), cp_id, "", "disconnect", close=stats.last_close)
 
-    @property
-    def stats(self) -> dict[str, ChargePointStats]:
-        """Per-charge-point counters, including every frame forwarded so far (pending
-        inspections are run first)."""
-        self._inspections.flush()
-        return self._stats
-
     def _forget(self, session: _Session) -> None:
         if self._sessions.get(session.cp_id) is session:
             del self._sessions[session.cp_id]
         self._by_conn.pop(session.charger, None)
 
     def _stats_for(self, cp_id: str) -> ChargePointStats:
-        stats = self._stats.get(cp_id)
+        stats = self.stats.get(cp_id)
         if stats is None:
-            stats = self._stats[cp_id] = ChargePointStats(cp_id)
+            stats = self.stats[cp_id] = ChargePointStats(cp_id)
         return stats
 
     # ---- status ---------------------------------------------------------------------------
