@@ -375,34 +375,22 @@ class ChargePointLink:
         """A data frame websockets parsed (fallback path: fragments, binary, before the relay)."""
         if src in self._refused:
             return
-        try:
-            opcode = frame.opcode
-            if opcode is _TEXT:
-                if not frame.fin:
-                    self._partial[src] = [bytes(frame.data)]
-                    return
-                data = bytes(frame.data)
-            elif opcode is _CONT:
-                parts = self._partial[src]
-                if parts is None:
-                    return
-                parts.append(bytes(frame.data))
-                if not frame.fin:
-                    return
-                data = b"".join(parts)
+        opcode = frame.opcode
+        if opcode is _TEXT:
+            if frame.fin:
+                self._on_text(src, bytes(frame.data))
+            else:
+                self._partial[src] = [bytes(frame.data)]
+        elif opcode is _CONT:
+            parts = self._partial[src]
+            if parts is None:
+                return
+            parts.append(bytes(frame.data))
+            if frame.fin:
                 self._partial[src] = None
-            else:  # OCPP-J is text only (OCPP-J 1.6 §4.1.2): refuse this leg; the other follows.
-                self._refuse(src, UNSUPPORTED_DATA, "binary frames are not OCPP-J")
-                return
-            try:
-                text = data.decode()
-            except UnicodeDecodeError:
-                self._refuse(src, INVALID_DATA, "invalid UTF-8 in a text frame")
-                return
-            self._forward(src, text, data)
-        except Exception as e:  # noqa: BLE001 - a bug here must cost this link, never the process
-            log.exception("link_relay_failed", cp=self.cp_id, error=repr(e))
-            self._refuse(src, INTERNAL_ERROR, "gateway error")
+                self._on_text(src, b"".join(parts))
+        else:  # OCPP-J is text only (OCPP-J 1.6 §4.1.2): refuse this leg; the other follows.
+            self._refuse(src, UNSUPPORTED_DATA, "binary frames are not OCPP-J")
 
     def _forward(self, src: Connection, text: str | None, data: bytes) -> None:
         if text is None:  # a binary message queued before the relay started
