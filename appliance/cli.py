@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("hash-password", help="hash a charger password for charger_password_hash")
+    p = sub.add_parser("hash-password", help="hash a password (charger_password_hash, health.web.users)")
     p.add_argument("--stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_hash_password)
 

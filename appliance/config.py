@@ -137,6 +137,28 @@ class SensorConfig(_Model):
     address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x44
 
 
+class WebUser(_Model):
+    """A technician account for the web page: the hash comes from ``omgw hash-password``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+    password_hash: str
+
+
+class WebConfig(_Model):
+    """``[health.web]``: the technician page, served by the health process (docs/web.md)."""
+
+    listen: str = "127.0.0.1:8443"  # the service interface's address, never the charger-facing one
+    cert_file: Path | None = None  # the gateway's certificate (HTTPS); required unless allow_insecure
+    key_file: Path | None = None
+    allow_insecure: bool = False  # plain HTTP (development only)
+    client_ca_file: Path | None = None  # optional: client certificates chaining to this CA log in as their CN
+    users: list[WebUser] = []
+    lockout_failures: Annotated[int, Field(ge=1, le=1000)] = 5  # failed logins per user and per address ...
+    lockout_s: Annotated[float, Field(gt=0, le=86400)] = 60  # ... lock that user / address for this long
+    session_idle_s: Annotated[float, Field(ge=60, le=7 * 86400)] = 1800  # a session unused this long ends
+    history_minutes: Annotated[int, Field(ge=1, le=60)] = 10  # telemetry kept in memory for the charts
+
+
 class HealthConfig(_Model):
     transport: Literal["mqtt", "https"] = "mqtt"
     url: str = "mqtts://localhost:8883"  # mqtts://host:port, mqtt://host:port (needs allow_insecure) or https://...
@@ -158,6 +180,7 @@ class HealthConfig(_Model):
     billing_tolerance_rel: Annotated[float, Field(ge=0, le=1)] = 0.02
     meters: list[MeterConfig] = []
     sensors: list[SensorConfig] = []
+    web: WebConfig | None = None
 
 
 class WatchdogConfig(_Model):
@@ -366,6 +389,8 @@ def _health_problems(cfg: Config, check_files: bool) -> list[ConfigProblem]:
         for key in ("ca_file", "client_cert", "client_key"):
             _check_readable(getattr(h, key), f"health.{key}", p)
         _secret_mode(h.client_key, "health.client_key", p)
+    if h.web is not None:
+        p += _web_problems(h.web, check_files)
     if cfg.watchdog.enabled and cfg.watchdog.cp_id is None:
         p.append(ConfigProblem("watchdog.cp_id", "required when the watchdog is enabled"))
     kids: dict[str, int] = {}
@@ -380,6 +405,38 @@ def _health_problems(cfg: Config, check_files: bool) -> list[ConfigProblem]:
                 raise ValueError
         except ValueError:
             p.append(ConfigProblem(f"commands.keys[{i}].public_key", "expected base64 of a 32-byte Ed25519 public key"))
+    return p
+
+
+def _web_problems(w: WebConfig, check_files: bool) -> list[ConfigProblem]:
+    from .metrics import parse_listen
+
+    p: list[ConfigProblem] = []
+    try:
+        parse_listen(w.listen)
+    except ValueError as e:
+        p.append(ConfigProblem("health.web.listen", str(e)))
+    if (w.cert_file is None) != (w.key_file is None):
+        p.append(ConfigProblem("health.web.key_file", "cert_file and key_file go together"))
+    if w.cert_file is None and not w.allow_insecure:
+        p.append(ConfigProblem("health.web.cert_file",
+                               "required (HTTPS with the gateway's certificate); set allow_insecure = true for plain HTTP"))
+    if w.client_ca_file is not None and w.cert_file is None:
+        p.append(ConfigProblem("health.web.client_ca_file", "client certificates need HTTPS (cert_file, key_file)"))
+    if not w.users and w.client_ca_file is None:
+        p.append(ConfigProblem("health.web.users", "no technician account and no client_ca_file: nobody could log in"))
+    seen: dict[str, int] = {}
+    for i, u in enumerate(w.users):
+        if u.name in seen:
+            p.append(ConfigProblem(f"health.web.users[{i}].name", f'duplicate name "{u.name}" (also at [{seen[u.name]}])'))
+        seen.setdefault(u.name, i)
+        if not u.password_hash.startswith("scrypt$") or u.password_hash.count("$") != 5:
+            p.append(ConfigProblem(f"health.web.users[{i}].password_hash",
+                                   'expected a hash from "omgw hash-password" (scrypt$...)'))
+    if check_files:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            _check_readable(getattr(w, key), f"health.web.{key}", p)
+        _secret_mode(w.key_file, "health.web.key_file", p)
     return p
 
 

@@ -32,6 +32,7 @@ from drivers.sim.modbus_meter import ChargingProfile, SimulatedBus, SimulatedMet
 
 from ..config import HealthConfig, ValueConfig
 from ..devpki import CertFiles, DevCA
+from ..passwords import hash_password
 from .csms import SimulatedCsms
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -80,6 +81,9 @@ class Bench:
     broker_port: int = 0
     ca: DevCA | None = None
     observer: CertFiles | None = None
+    web_port: int = 0  # the technician page (health process), https://127.0.0.1:web_port/
+    web_user: str = "technician"
+    web_password: str = field(default_factory=lambda: os.urandom(9).hex())
 
     @property
     def fleet(self) -> list[tuple[str, str]]:
@@ -88,6 +92,10 @@ class Bench:
     @property
     def charger_url(self) -> str:
         return f"ws://127.0.0.1:{self.value_port}/ocpp"
+
+    @property
+    def web_url(self) -> str:
+        return f"https://127.0.0.1:{self.web_port}/"
 
     @property
     def topic_root(self) -> str:
@@ -105,6 +113,7 @@ class Bench:
         broker_leaf = ca.issue("broker", hosts=("localhost", "127.0.0.1"))
         gw_client = ca.issue(GATEWAY_ID, client=True)
         self.observer = ca.issue("demo-view", client=True)
+        web_leaf = ca.issue("gateway-web", hosts=("localhost", "127.0.0.1"))
 
         server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_ctx.load_cert_chain(csms_leaf.cert, csms_leaf.key)
@@ -121,7 +130,8 @@ class Bench:
         await self.meter_bus.start()
 
         self.value_port = free_port()
-        cfg = self._write_config(passwords, gw_client)
+        self.web_port = free_port()
+        cfg = self._write_config(passwords, gw_client, web_leaf)
         env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"}
         # Health first: the tap is lossy by design, so a charger's connect and BootNotification
         # reach the health side only if it is already listening when the value channel starts.
@@ -215,7 +225,7 @@ class Bench:
                     raise BenchError(f"mosquitto not listening on {self.broker_port}") from None
                 time.sleep(0.05)
 
-    def _write_config(self, passwords: dict[str, str], gw_client: CertFiles) -> Path:
+    def _write_config(self, passwords: dict[str, str], gw_client: CertFiles, web_leaf: CertFiles) -> Path:
         assert self.ca is not None and self.csms is not None and self.meter_bus is not None
         w = self.work
         lines = [
@@ -244,6 +254,9 @@ class Bench:
                       f'feeds = "{cp_id}"', ""]
         lines += ["[[health.sensors]]", 'name = "cabinet"', 'model = "sht3x"', 'bus = "sim"', "address = 0x44", "",
                   "[[health.sensors]]", 'name = "ambient"', 'model = "bme280"', 'bus = "sim"', "address = 0x76", "",
+                  "[health.web]", f'listen = "127.0.0.1:{self.web_port}"', f'cert_file = "{web_leaf.cert}"',
+                  f'key_file = "{web_leaf.key}"', "[[health.web.users]]", f'name = "{self.web_user}"',
+                  f'password_hash = "{hash_password(self.web_password)}"', "",
                   "[blackbox]", "pre_s = 20", "post_s = 2", "",
                   "[watchdog]", "enabled = true", f'cp_id = "{self.fault.cp_id}"',
                   f"hang_after_s = {self.fault.hang_after_s}", "offline_after_s = 600",

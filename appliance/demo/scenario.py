@@ -197,6 +197,8 @@ async def run_scenario(duration: float | None, chargers: int, fault: FaultScript
              f"-> CSMS {bench.csms.url if bench.csms else ''} (TLS, profile 2); health -> mosquitto "
              f"127.0.0.1:{bench.broker_port} (mTLS); scripted fault: {fault.cp_id} hangs at t={fault.hang_at_s:g}s. "
              "Ctrl-C to stop.")
+        _say(f"omgw demo: technician page {bench.web_url} user {bench.web_user} password {bench.web_password} "
+             f"(certificate from the demo CA {bench.ca.cert_file if bench.ca else ''})")
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         client = _subscribe(bench, loop, queue)
         pic = BenchPicture(bench.topic_root, fault_stage=f"{fault.cp_id} will hang at t={fault.hang_at_s:g} s")

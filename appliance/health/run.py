@@ -14,7 +14,7 @@ import json
 import os
 import signal
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,9 @@ from .soh import HealthAccumulator
 from .spool import Spool
 from .status import StatusRules, StatusTracker, assess
 from .topics import TopicError, Topics
+from .web.data import TelemetryHistory
+from .web.server import WebServer, start_web
+from .web.source import ChannelSource
 
 log = get_logger("health")
 
@@ -143,6 +146,14 @@ class HealthChannel:
         self.status_tracker = StatusTracker(time.monotonic())
         self._status_socket = StatusSocket(self.h.status_socket, self.status)
         self._metrics: MetricsServer | None = None
+        # The technician page (docs/web.md): fed here, served by health/web/ on this loop.
+        self.web_history: TelemetryHistory | None = None
+        self.web_events: deque[dict[str, Any]] = deque(maxlen=50)
+        self.web_source: ChannelSource | None = None
+        self._web: WebServer | None = None
+        if self.h.web is not None:
+            self.web_history = TelemetryHistory(self.h.web.history_minutes, self.h.sample_interval_s)
+            self.web_source = ChannelSource(self, self.web_history, self.web_events)
 
     # ---- relay watchdog -------------------------------------------------------------------------
 
@@ -239,6 +250,8 @@ class HealthChannel:
     def record(self, kind: RecordKind, payload: dict[str, Any], *, publish: bool = True,
                time_ns: int | None = None) -> Record:
         rec = self.recorder.append(kind, payload, time_ns)
+        if kind is RecordKind.EVENT:
+            self.web_events.append({"ts_ns": rec.time_ns, **payload})
         if publish and kind is RecordKind.EVENT:
             self.publish(self.topics.event, payload, name="event", ts_ns=rec.time_ns)
         return rec
@@ -265,6 +278,9 @@ class HealthChannel:
         self.record(RecordKind.TELEMETRY, payload, publish=False, time_ns=sample.ts_ns)
         self.publish(self.topics.telemetry, payload, name="telemetry", ts_ns=sample.ts_ns)
         self.soh.add_sample(sample, time.time())
+        if self.web_history is not None and self.web_source is not None:
+            self.web_history.add(payload)
+            self.web_source.last_gateway = payload.get("gateway")
         self.status_tracker.note_sample(payload["meters"], payload["sensors"], time.monotonic())
         for ev in self.billing.feed_sample(sample.ts_ns, payload["meters"]):
             self.record(RecordKind.EVENT, ev)
@@ -309,6 +325,8 @@ class HealthChannel:
             now_ns = time.time_ns()
             snap = self.soh.snapshot(now_ns / 1e9, now_ns)
             self.record(RecordKind.SOH, snap, publish=False, time_ns=now_ns)
+            if self.web_source is not None:
+                self.web_source.last_soh = snap
             self.publish(self.topics.soh, snap, name="soh", ts_ns=now_ns)
 
     # ---- commands -------------------------------------------------------------------------------
@@ -451,8 +469,12 @@ class HealthChannel:
         self._tasks.append(asyncio.create_task(self._watch_status()))
         await self._status_socket.start()
         self._metrics = await start_metrics(self.h.metrics_listen, self.status, channel="health")
+        if self.web_source is not None:
+            self._web = await start_web(self.h.web, self.web_source)
 
     async def _stop_status_socket(self) -> None:
+        if self._web is not None:
+            await self._web.close()
         if self._metrics is not None:
             await self._metrics.close()
         await self._status_socket.stop()
