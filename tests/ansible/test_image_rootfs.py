@@ -29,13 +29,14 @@ from appliance.devpki import DevCA
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 BIN = Path(sys.executable).parent
-IMAGE_ROLES = ["base", "omgw", "hardening"]
+IMAGE_ROLES = ["base", "omgw", "hardening", "image_os"]
 OMGW_VERSION = "0.0.1"
 # Everything the roles rely on is preinstalled, so the bake needs no network inside the chroot
 # (python3-packaging: ansible.builtin.pip, used by the omgw role, imports it on the target).
 PACKAGES = [
     "python3", "python3-venv", "python3-apt", "python3-packaging", "systemd", "systemd-sysv",
     "openssh-server", "nftables", "chrony", "tzdata", "ca-certificates", "procps",
+    "udev", "cloud-guest-utils", "fdisk", "e2fsprogs",  # image_os
 ]
 PASSWORD_HASH = "$6$omgwtest$ZsGk3Fh1tZ3YF0b8vJ0pX8oK9kQfP2yF0kR1mS2nT3uV4wX5yZ6aB7cD8eF9gH0iJ1kL2mN3oP4qR5sT6uV7w"
 
@@ -43,6 +44,8 @@ PASSWORD_HASH = "$6$omgwtest$ZsGk3Fh1tZ3YF0b8vJ0pX8oK9kQfP2yF0kR1mS2nT3uV4wX5yZ6
 _CI = os.environ.get("CI") == "true"
 pytestmark = [
     pytest.mark.slow,
+    # The module fixture (mmdebstrap, wheelhouse, first bake) runs in the first test's setup.
+    pytest.mark.timeout(1800),
     pytest.mark.skipif(os.geteuid() != 0 and not _CI, reason="chroot and mmdebstrap (root mode) need root"),
     pytest.mark.skipif(shutil.which("mmdebstrap") is None and not _CI,
                        reason="needs mmdebstrap (apt-get install mmdebstrap)"),
@@ -231,13 +234,22 @@ def test_hardening_ssh_keys_only(image: Image) -> None:
     assert effective["kbdinteractiveauthentication"] == "no"
     assert effective["permitrootlogin"] == "no"
     assert effective["authenticationmethods"] == "publickey"
+    # Host keys on the data partition (the root is read-only), beside the -h key of this check.
+    hostkeys = [line.split(" ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("hostkey ")]
+    assert {f"/var/lib/omgw/ssh/ssh_host_{t}_key" for t in ("rsa", "ecdsa", "ed25519")} <= set(hostkeys)
     assert image.enabled("ssh.service") == ["multi-user.target.wants"]
 
 
 def test_hardening_image_has_no_ssh_host_keys_and_makes_them_on_first_boot(image: Image) -> None:
     assert list(image.path("etc/ssh").glob("ssh_host_*")) == []
     assert image.enabled("omgw-ssh-hostkeys.service")
-    assert "ssh-keygen -A" in image.path("etc/systemd/system/omgw-ssh-hostkeys.service").read_text()
+    unit = image.path("etc/systemd/system/omgw-ssh-hostkeys.service").read_text()
+    assert "ExecStart=/usr/local/sbin/omgw-ssh-hostkeys" in unit
+    assert "RequiresMountsFor=/var/lib/omgw/ssh" in unit
+    script = image.path("usr/local/sbin/omgw-ssh-hostkeys")
+    assert script.stat().st_mode & 0o777 == 0o755
+    text = script.read_text()
+    assert "dir=/var/lib/omgw/ssh" in text and "ssh-keygen" in text and "rsa ecdsa ed25519" in text
 
 
 def test_hardening_locks_accounts_with_passwords(image: Image) -> None:
@@ -270,6 +282,33 @@ def test_hardening_sysctl_dropin(image: Image) -> None:
     text = image.path("etc/sysctl.d/60-omgw-hardening.conf").read_text()
     for line in ("kernel.kptr_restrict = 2", "net.ipv4.conf.all.accept_redirects = 0", "net.ipv4.tcp_syncookies = 1"):
         assert line in text
+
+
+def test_image_os_read_only_root_and_data_partition(image: Image) -> None:
+    fstab = [line.split() for line in image.path("etc/fstab").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    mounts = {f[1]: f for f in fstab}
+    assert mounts["/"][:4] == ["LABEL=root", "/", "ext4", "ro,noatime"]
+    assert mounts["/boot/firmware"][0] == "LABEL=BOOT" and "ro" in mounts["/boot/firmware"][3].split(",")
+    data = mounts["/var/lib/omgw"]
+    assert data[0] == "LABEL=data" and {"rw", "x-systemd.growfs"} <= set(data[3].split(",")) and data[5] == "2"
+    assert mounts["/var/lib/systemd"][:3] == ["/var/lib/omgw/os/systemd", "/var/lib/systemd", "none"]
+    assert mounts["/var/lib/chrony"][0] == "/var/lib/omgw/os/chrony"
+    for path in ("/tmp", "/var/tmp", "/var/log"):
+        assert mounts[path][2] == "tmpfs"
+    assert image.path("etc/machine-id").read_text() == ""
+    assert image.path("var/lib/omgw").is_dir() and image.path("boot/firmware").is_dir()
+    for unit, target in (("omgw-grow-data.service", "local-fs.target.wants"),
+                         ("omgw-data-layout.service", "local-fs.target.wants"),
+                         ("omgw-identity.service", "sysinit.target.wants")):
+        assert target in image.enabled(unit), unit
+        assert image.path(f"usr/local/sbin/{unit.removesuffix('.service')}").stat().st_mode & 0o777 == 0o755
+    assert "growpart" in image.path("usr/local/sbin/omgw-grow-data").read_text()
+    assert image.path("usr/bin/growpart").exists()
+    assert "Name=en* eth*" in image.path("etc/systemd/network/80-omgw-dhcp.network").read_text()
+    assert image.enabled("systemd-networkd.service")
+    config = image.path("etc/omgw/omgw.toml").read_text()
+    assert "/var/lib/omgw/health" in config and "/var/lib/omgw/value/tap.key" in config
 
 
 def test_ansible_leaves_no_home_in_the_image(image: Image) -> None:
