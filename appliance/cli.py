@@ -70,6 +70,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         print("omgw health: the config has no [health] section", file=sys.stderr)
         return EXIT_CONFIG
     logfmt.setup(args.log_level)
+    from drivers.sim import SimulationRefused
+
     from .health.run import serve_health
 
     try:
@@ -77,6 +79,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     except OSError as e:
         logfmt.get_logger("health").error("health_start_failed", error=str(e))
         return EXIT_FAIL
+    except SimulationRefused as e:  # a simulated-bench hook in the environment of a real gateway
+        logfmt.get_logger("health").error("health_start_failed", error=str(e))
+        print(f"omgw health: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

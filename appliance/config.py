@@ -133,8 +133,27 @@ class MeterConfig(_Model):
 class SensorConfig(_Model):
     name: Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._-]+$")]
     model: Literal["sht3x", "sht4x", "bme280"]
-    bus: int | Literal["sim"] = 1
+    # 1 = /dev/i2c-1; "sim": chip models inside the health process (demo); "sim:/abs/path.sock": the
+    # simulated bus a bench process serves (drivers/sim/i2c_server.py, the HIL bench)
+    bus: int | str = 1
     address: Annotated[int, Field(ge=0x03, le=0x77)] = 0x44
+
+    @field_validator("bus")
+    @classmethod
+    def _check_bus(cls, v: int | str) -> int | str:
+        if isinstance(v, int):
+            return v
+        if v.isdigit():
+            return int(v)
+        if v == "sim" or (v.startswith("sim:") and Path(v[4:]).is_absolute()):
+            return v
+        raise ValueError(f'expected an adapter number (1 for /dev/i2c-1), "sim", or "sim:/absolute/path/to.sock" '
+                         f'(a simulated bus served by a bench process), got "{v}"')
+
+    @property
+    def sim_socket(self) -> Path | None:
+        """The socket of a ``sim:PATH`` bus, else None."""
+        return Path(self.bus[4:]) if isinstance(self.bus, str) and self.bus.startswith("sim:") else None
 
 
 class WebUser(_Model):

@@ -91,6 +91,10 @@ def _open_sensors(h: HealthConfig, smbus_factory: Any = None) -> list[Any]:
                 models = {"sht3x": SimulatedSht3x, "sht4x": SimulatedSht4x, "bme280": SimulatedBme280}
                 sim = SimulatedSMBus({x.address: models[x.model]() for x in h.sensors if x.bus == "sim"})
                 factory = (lambda b: lambda: b)(sim)
+            elif s.sim_socket is not None:  # the HIL bench: a bench process serves the chips on a socket
+                from drivers.sim.i2c_server import RemoteSMBus
+
+                factory = (lambda p: lambda: RemoteSMBus(p))(s.sim_socket)
             else:
                 from smbus2 import SMBus
 
@@ -160,6 +164,8 @@ class HealthChannel:
     def _make_watchdog(self) -> Any:
         w = self.config.watchdog
         if not w.enabled:
+            if "OMGW_SIM_GPIO_LOOPBACK" in os.environ:
+                log.warning("sim_gpio_loopback_ignored", reason="watchdog not enabled")
             return None
         from gpiozero import Device
 
@@ -170,6 +176,14 @@ class HealthChannel:
 
         Device.ensure_pin_factory()  # honours GPIOZERO_PIN_FACTORY ("mock" on the simulated bench)
         factory = Device.pin_factory
+        if "OMGW_SIM_GPIO_LOOPBACK" in os.environ:
+            # The simulated bench wires the relay back to the alive input (docs/watchdog.md); refused
+            # (SimulationRefused, the process exits) unless the factory is gpiozero's MockFactory.
+            from drivers.sim.gpio import LOOPBACK_ENV, loop_back_from_env
+
+            loop_back_from_env(factory, os.environ)
+            log.warning("sim_gpio_loopback", spec=os.environ[LOOPBACK_ENV], relay_pin=w.relay_pin,
+                        alive_pin=w.alive_pin)
         cycles_file = self.gw.state_dir / f"relay-{w.cp_id}.cycles"
         try:
             initial = int(cycles_file.read_text().strip() or 0)

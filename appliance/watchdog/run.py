@@ -25,6 +25,16 @@ Event dict (the health process stores it as a black-box EVENT record and publish
 
 ``off_s`` is the requested off time on a ``decided`` event and the measured one on the result;
 ``cycle`` is the relay's cycle count (the number this cycle gets, for ``decided``).
+
+With an ``alive_input`` (on the bench and the gateway: the relay's switched output wired back to a
+GPIO input), the result (``done``/``interrupted``) also says what the input saw:
+``detail.input_off_s`` is the time from the input going inactive to it being active again, from the
+debounced edges' first raw transitions (:func:`input_off_time`), measured independently of the
+relay's own ``off_s``. It is ``None`` when the input did not show one complete off/on during the
+cycle, and ``detail.input_problem`` then says what it saw instead (a welded contact never goes
+inactive). The shell waits at most
+``input_settle_s`` after power is restored for the input to come back (debounce plus relay operate
+time); the input's ``edges`` queue is not consumed (a listener records the edges).
 """
 
 from __future__ import annotations
@@ -32,13 +42,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
 from drivers.gpio import (
     ChargerRelay,
     DigitalInput,
+    InputEdge,
     PowerCycle,
     PowerCycleInProgress,
     PowerCycleRefused,
@@ -47,7 +59,7 @@ from drivers.gpio import (
 
 from .policy import Action, ChargerObservation, Decision, Notice, PowerCyclePolicy
 
-__all__ = ["EVENT_KINDS", "RelayWatchdog"]
+__all__ = ["EVENT_KINDS", "RelayWatchdog", "input_off_time"]
 
 _log = logging.getLogger("appliance.watchdog")
 
@@ -57,6 +69,57 @@ KIND_SUSPECT: Final = "watchdog_suspect"
 KIND_RECOVERED: Final = "watchdog_recovered"
 #: Every ``kind`` the watchdog emits (``watchdog_power_cycle`` is a black-box snapshot trigger).
 EVENT_KINDS: Final = frozenset({KIND_POWER_CYCLE, KIND_REFUSED, KIND_SUSPECT, KIND_RECOVERED})
+
+
+def input_off_time(edges: Sequence[InputEdge], *, active_before: bool) -> tuple[float | None, str]:
+    """The first off pulse of the alive input during a power cycle (pure).
+
+    ``edges`` are the input's debounced edges seen from the moment the relay was told to switch off,
+    in order; ``active_before`` is the input's level then. Returns (seconds from the first inactive
+    edge to the next active edge, "") or (None, what was seen instead).
+    """
+    if not active_before:
+        return None, "the alive input was already inactive when the relay switched off"
+    went_off = next((e for e in edges if not e.active), None)
+    if went_off is None:
+        return None, (
+            "the alive input never went inactive (welded relay contact, "
+            "or the input is not wired to the relay output)"
+        )
+    since = went_off.monotonic_ns
+    came_back = next((e for e in edges if e.active and e.monotonic_ns >= since), None)
+    if came_back is None:
+        return None, "the alive input did not come back active after power was restored"
+    return (came_back.monotonic_ns - went_off.monotonic_ns) / 1e9, ""
+
+
+class _InputWatch:
+    """The alive input's edges during one cycle (a listener: the input's queue is left alone)."""
+
+    def __init__(self, alive: DigitalInput) -> None:
+        self.active_before = alive.active
+        self.edges: list[InputEdge] = []
+        self._back = asyncio.Event()
+        self._remove = alive.add_edge_listener(self._on_edge)
+
+    def _on_edge(self, edge: InputEdge) -> None:
+        self.edges.append(edge)
+        if edge.active and any(not e.active for e in self.edges):
+            self._back.set()
+
+    async def wait_back(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the input to come back, if it went off at all."""
+        if self.active_before and any(not e.active for e in self.edges):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._back.wait(), timeout_s)
+
+    def finish(self) -> dict[str, Any]:
+        self._remove()
+        off, problem = input_off_time(self.edges, active_before=self.active_before)
+        out: dict[str, Any] = {"input_off_s": None if off is None else round(off, 3)}
+        if problem:
+            out["input_problem"] = problem
+        return out
 
 
 def _kind(decision: Decision) -> str:
@@ -75,7 +138,8 @@ class RelayWatchdog:
     ``observe()`` returns the charger's current :class:`ChargerObservation`; its ``now_ns`` is
     replaced by ``clock()`` (the one time source of the policy) and, when ``alive_input`` is given,
     its ``alive_input`` by that input's debounced level. ``on_decision(event)`` receives every event
-    dict (see the module docstring).
+    dict (see the module docstring). ``input_settle_s`` bounds the wait for the alive input to come
+    back after a cycle (its off time goes into the result event).
     """
 
     def __init__(
@@ -88,9 +152,12 @@ class RelayWatchdog:
         alive_input: DigitalInput | None = None,
         clock: Callable[[], int] = time.time_ns,
         interval_s: float = 1.0,
+        input_settle_s: float = 1.0,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        if not input_settle_s >= 0:
+            raise ValueError(f"input_settle_s must be >= 0, got {input_settle_s!r}")
         # A configured off time the relay would refuse is a configuration error: say so at start,
         # not after the charger has hung. (PowerCycleRefused is a ValueError.)
         check_off_time(policy.settings.off_s, relay.min_off_s, relay.max_off_s)
@@ -98,6 +165,7 @@ class RelayWatchdog:
         self.policy = policy
         self.relay = relay
         self.interval_s = interval_s
+        self.input_settle_s = input_settle_s
         self._observe = observe
         self._on_decision = on_decision
         self._alive = alive_input
@@ -169,6 +237,7 @@ class RelayWatchdog:
         cycle: PowerCycle | None = None
         phase, reason = "interrupted", "power cycle interrupted (cancelled); power restored"
         self.policy.cycle_started(self._clock())
+        watch = _InputWatch(self._alive) if self._alive is not None else None
         try:
             cycle = await self.relay.power_cycle(off_s)
             ok = not cycle.interrupted
@@ -180,17 +249,27 @@ class RelayWatchdog:
             self.policy.cycle_finished(self._clock(), ok)
             if cycle is None and self.relay.last_cycle is not before:
                 cycle = self.relay.last_cycle  # cancelled during the off time
-            event = self._event(
-                decision,
-                kind=KIND_POWER_CYCLE,
-                phase=phase,
-                reason=reason,
-                off_s=None if cycle is None else round(cycle.off_s, 3),
-                cycle=self.relay.cycles if cycle is None else cycle.cycle_number,
-            )
-            event["requested_off_s"] = off_s
-            event["interrupted"] = phase == "interrupted"
-            self._emit(event)
+            try:
+                if watch is not None and cycle is not None:
+                    # Power is back: give the input its debounce (and the relay its operate time).
+                    # Also when cancelled: the wait is bounded, and a second cancel still reports.
+                    await watch.wait_back(self.input_settle_s)
+            finally:
+                event = self._event(
+                    decision,
+                    kind=KIND_POWER_CYCLE,
+                    phase=phase,
+                    reason=reason,
+                    off_s=None if cycle is None else round(cycle.off_s, 3),
+                    cycle=self.relay.cycles if cycle is None else cycle.cycle_number,
+                )
+                event["requested_off_s"] = off_s
+                event["interrupted"] = phase == "interrupted"
+                if watch is not None:
+                    measured = watch.finish()
+                    if cycle is not None:
+                        event["detail"].update(measured)
+                self._emit(event)
         return event
 
     def _event(
@@ -234,6 +313,7 @@ class RelayWatchdog:
                     "off_s": event["off_s"],
                     "cycle": event["cycle"],
                     "forced": event["forced"],
+                    **{k: v for k, v in event["detail"].items() if k == "input_off_s"},
                 }
             },
         )

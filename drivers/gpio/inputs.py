@@ -6,9 +6,10 @@ the global one) and reports every debounced edge, with the time it happened, to 
 
 Threads: gpiozero calls ``when_activated``/``when_deactivated`` from its own thread (lgpio, pigpio)
 or from whoever changed a mock pin. The callback only timestamps the change and hands it to the
-event loop with ``loop.call_soon_threadsafe``; debouncing (:mod:`drivers.gpio.debounce`), the timer
-and the queue live in the loop thread only. So the object must be created in the loop that consumes
-it (or be given that loop).
+event loop with ``loop.call_soon_threadsafe``; debouncing (:mod:`drivers.gpio.debounce`), the timer,
+the queue and the listeners (``add_edge_listener``: observers that must not take edges from the
+queue's consumer, e.g. the watchdog timing a power cycle) live in the loop thread only. So the
+object must be created in the loop that consumes it (or be given that loop).
 
 Debounce: ``bounce_time`` (seconds) is the window of our own "stable for a window" debouncer, which
 behaves the same on every backend. ``backend_bounce_time`` is passed to gpiozero as its
@@ -83,6 +84,7 @@ class DigitalInput:
         self._clock_ns = clock_ns
         self._wall_ns = wall_ns
         self._on_edge = on_edge
+        self._listeners: list[Callable[[InputEdge], None]] = []
         self._timer: asyncio.TimerHandle | None = None
         self.edges: asyncio.Queue[InputEdge] = asyncio.Queue(maxsize=queue_size)
         self.dropped_edges = 0
@@ -112,6 +114,17 @@ class DigitalInput:
     def glitches(self) -> int:
         """Bursts that returned to the stable level within the window (no edge reported)."""
         return self._debouncer.glitches
+
+    def add_edge_listener(self, listener: Callable[[InputEdge], None]) -> Callable[[], None]:
+        """Also call ``listener(edge)`` (in the loop thread) for every debounced edge, without
+        taking edges from ``edges``. Returns the function that removes it again."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
 
     async def next_edge(self, timeout: float | None = None) -> InputEdge:
         """The next debounced edge (``TimeoutError`` after ``timeout`` seconds)."""
@@ -180,6 +193,8 @@ class DigitalInput:
         )
         if self._on_edge is not None:
             self._on_edge(record)
+        for listener in list(self._listeners):
+            listener(record)
 
     def __repr__(self) -> str:
         return f"DigitalInput(name={self.name!r}, pin={self.pin!r}, active={self.active})"

@@ -14,18 +14,42 @@ their own threads.
 Call ``loop_back`` *before* constructing the relay and the input on those pins: ``MockFactory`` keeps
 one pin object per GPIO, and the devices must get the loop-back pins. The input side is a
 :class:`DrivenInputPin`, whose level (like a driven line's) does not follow the pull setting.
+
+A separate process (``omgw health`` on the simulated HIL bench) is wired from the environment:
+``OMGW_SIM_GPIO_LOOPBACK="GPIO17>GPIO27,invert,delay_ms=10,bounces=3"`` (output ``>`` input, the
+options optional; :func:`parse_loopback`, :func:`loop_back_from_env`). The variable is refused
+(:class:`SimulationRefused`) unless the pin factory is gpiozero's ``MockFactory``, so it can never
+act on real hardware.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
 
-from gpiozero.exc import PinFixedPull, PinInvalidPull  # type: ignore[import-untyped]
+from gpiozero.exc import PinError, PinFixedPull, PinInvalidPull  # type: ignore[import-untyped]
 from gpiozero.pins.mock import MockFactory, MockPin  # type: ignore[import-untyped]
 
-__all__ = ["DrivenInputPin", "LoopbackPin", "chatter", "loop_back"]
+from . import SimulationRefused
+
+__all__ = [
+    "LOOPBACK_ENV",
+    "DrivenInputPin",
+    "LoopbackPin",
+    "LoopbackSpec",
+    "SimulationRefused",
+    "chatter",
+    "loop_back",
+    "loop_back_from_env",
+    "parse_loopback",
+]
+
+#: The environment variable that wires a relay output back to an input in a separate process.
+LOOPBACK_ENV: Final = "OMGW_SIM_GPIO_LOOPBACK"
 
 
 def chatter(pin: MockPin, level: bool, *, bounces: int = 0, interval_s: float = 0.001) -> None:
@@ -150,3 +174,74 @@ def loop_back(
     )
     _drive(target, bool(existing.state) != invert)
     return existing
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop-back of a separate process, from the environment
+
+
+@dataclass(frozen=True)
+class LoopbackSpec:
+    """``output_pin`` wired to ``input_pin`` (see :func:`loop_back` for the options)."""
+
+    output_pin: str
+    input_pin: str
+    invert: bool = False
+    delay_s: float = 0.0
+    bounces: int = 0
+
+
+def parse_loopback(text: str) -> LoopbackSpec:
+    """``"GPIO17>GPIO27[,invert][,delay_ms=N][,bounces=N]"``; ``ValueError`` says what is wrong."""
+    head, *options = [part.strip() for part in text.split(",")]
+    out, sep, inp = head.partition(">")
+    out, inp = out.strip(), inp.strip()
+    if not sep or not out or not inp:
+        raise ValueError(f'expected "OUTPUT>INPUT" first (e.g. "GPIO17>GPIO27"), got "{head}"')
+    invert, delay_s, bounces = False, 0.0, 0
+    for opt in options:
+        key, eq, value = opt.partition("=")
+        try:
+            if opt == "invert":
+                invert = True
+            elif key == "delay_ms" and eq:
+                delay_s = float(value) / 1000.0
+                if not (math.isfinite(delay_s) and 0 <= delay_s <= 10):
+                    raise ValueError
+            elif key == "bounces" and eq:
+                bounces = int(value)
+                if not 0 <= bounces <= 100:
+                    raise ValueError
+            else:
+                raise KeyError(opt)
+        except KeyError:
+            known = "invert, delay_ms=N, bounces=N"
+            raise ValueError(f'unknown option "{opt}" (known: {known})') from None
+        except ValueError:
+            ranges = "delay_ms: 0..10000, bounces: 0..100"
+            raise ValueError(f'bad value in "{opt}" ({ranges})') from None
+    return LoopbackSpec(out, inp, invert, delay_s, bounces)
+
+
+def loop_back_from_env(factory: object, environ: Mapping[str, str]) -> LoopbackPin | None:
+    """Apply ``OMGW_SIM_GPIO_LOOPBACK`` from ``environ`` to ``factory``; None when it is not set.
+
+    Raises :class:`SimulationRefused` when ``factory`` is not a ``MockFactory`` (never simulate
+    wiring on real pins) or the value cannot be used. Call it before the devices on those pins
+    exist.
+    """
+    text = environ.get(LOOPBACK_ENV)
+    if text is None:
+        return None
+    if not isinstance(factory, MockFactory):
+        raise SimulationRefused(
+            f"{LOOPBACK_ENV} is set but the GPIO pin factory is {type(factory).__name__}, not "
+            "gpiozero's MockFactory: refusing to simulate wiring on real hardware "
+            "(unset it, or run with GPIOZERO_PIN_FACTORY=mock)"
+        )
+    try:
+        spec = parse_loopback(text)
+        return loop_back(factory, spec.output_pin, spec.input_pin, invert=spec.invert,
+                         delay_s=spec.delay_s, bounces=spec.bounces)  # fmt: skip
+    except (ValueError, TypeError, PinError) as exc:
+        raise SimulationRefused(f'{LOOPBACK_ENV}="{text}": {exc}') from exc

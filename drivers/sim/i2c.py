@@ -3,8 +3,9 @@
 ``SimulatedSMBus`` implements the smbus2 calls the drivers and the probe use (``i2c_rdwr`` with real
 ``smbus2.i2c_msg`` objects, ``read_byte``, ``write_quick``, ``read_byte_data``, ``write_byte_data``,
 ``read_i2c_block_data``, ``write_i2c_block_data``, ``close``, context manager), so one driver code
-path runs on the gateway, in CI and in the demo. Every SMBus call is decomposed into what travels on
-the wire (a write of bytes, a read of N bytes) and handed to the chip model at the address.
+path runs on the gateway, in CI and in the demo. Every SMBus call is decomposed (once, in
+``WireSMBus``) into what travels on the wire (a write of bytes, a read of N bytes) and handed to the
+chip model at the address; ``drivers.sim.i2c_server`` sends the same transfers to another process.
 
 The chip models behave like the datasheets say, including the parts drivers get wrong:
 
@@ -55,6 +56,7 @@ __all__ = [
     "SimulatedSMBus",
     "SimulatedSht3x",
     "SimulatedSht4x",
+    "WireSMBus",
     "encode_calibration",
     "humidity_double",
     "pressure_double_pa",
@@ -148,12 +150,124 @@ class SimulatedI2cDevice(abc.ABC):
         return self._rng.randint(-self.noise_lsb, self.noise_lsb) * lsb if self.noise_lsb else 0
 
 
-class SimulatedSMBus:
+class WireSMBus(abc.ABC):
+    """The smbus2 calls the drivers and the probe use, decomposed into the two I2C wire transfers.
+
+    A subclass supplies the wire: ``_write(address, data, stop=...)`` (address phase plus ``data``)
+    and ``_read(address, length, stop=...)`` (address phase plus ``length`` bytes), each raising
+    ``OSError`` as smbus2's ioctl does (a NACK is ``OSError(121)``). ``stop=False`` means a repeated
+    START follows: the call's next transfer belongs to the same bus transaction (SMBus "read byte
+    data" writes the register, then reads without releasing the bus). The decomposition is written
+    once, here: :class:`SimulatedSMBus` hands the transfers to chip models in this process,
+    :class:`drivers.sim.i2c_server.RemoteSMBus` sends them to a bench process over a socket.
+
+    ``write_quick`` is a zero-length write (the SMBus Quick Command with the R/W bit clear).
+    """
+
+    def __init__(self, *, bus: int = 1) -> None:
+        self.bus = bus
+        self.closed = False
+        self._lock = threading.RLock()
+
+    # -- the wire (subclasses) ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _write(self, address: int, data: bytes, *, stop: bool = True) -> None:
+        """One write transfer to ``address``; raise ``OSError`` (121 on NACK)."""
+
+    @abc.abstractmethod
+    def _read(self, address: int, length: int, *, stop: bool = True) -> bytes:
+        """One read transfer of ``length`` bytes from ``address``; raise ``OSError`` (121: NACK)."""
+
+    def _check(self, address: int) -> None:
+        if self.closed:
+            raise OSError(errno.EBADF, "bus is closed")
+        if not 0 <= address <= 0x7F:
+            raise ValueError(f"invalid 7-bit address {address}")
+
+    # -- single transfers, locked (what a bus server calls) ----------------------------------------
+
+    def wire_write(self, address: int, data: bytes, *, stop: bool = True) -> None:
+        with self._lock:
+            self._check(address)
+            self._write(address, bytes(data), stop=stop)
+
+    def wire_read(self, address: int, length: int, *, stop: bool = True) -> bytes:
+        with self._lock:
+            self._check(address)
+            return self._read(address, length, stop=stop)
+
+    # -- smbus2 API --------------------------------------------------------------------------------
+
+    def i2c_rdwr(self, *i2c_msgs: i2c_msg) -> None:
+        """Combined transfer: each message in turn; a NACK anywhere fails the whole call."""
+        for msg in i2c_msgs:
+            if not isinstance(msg, i2c_msg):
+                raise TypeError(f"i2c_rdwr takes smbus2.i2c_msg objects, got {type(msg).__name__}")
+        with self._lock:
+            last = len(i2c_msgs) - 1
+            for i, msg in enumerate(i2c_msgs):
+                self._check(msg.addr)
+                if msg.flags & I2C_M_RD:
+                    data = self._read(msg.addr, msg.len, stop=i == last)
+                    ctypes.memmove(msg.buf, data, msg.len)
+                else:
+                    self._write(msg.addr, bytes(msg), stop=i == last)
+
+    def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
+        self.wire_write(i2c_addr, b"")  # address phase only
+
+    def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
+        return self.wire_read(i2c_addr, 1)[0]
+
+    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
+        with self._lock:
+            self.wire_write(i2c_addr, bytes([register]), stop=False)
+            return self.wire_read(i2c_addr, 1)[0]
+
+    def write_byte_data(
+        self, i2c_addr: int, register: int, value: int, force: bool | None = None
+    ) -> None:
+        self.wire_write(i2c_addr, bytes([register, value]))
+
+    def read_i2c_block_data(
+        self, i2c_addr: int, register: int, length: int, force: bool | None = None
+    ) -> list[int]:
+        if length > I2C_SMBUS_BLOCK_MAX:
+            raise ValueError(f"Desired block length over {I2C_SMBUS_BLOCK_MAX} bytes")
+        with self._lock:
+            self.wire_write(i2c_addr, bytes([register]), stop=False)
+            return list(self.wire_read(i2c_addr, length))
+
+    def write_i2c_block_data(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> None:
+        if len(data) > I2C_SMBUS_BLOCK_MAX:
+            raise ValueError(f"Data length cannot exceed {I2C_SMBUS_BLOCK_MAX} bytes")
+        self.wire_write(i2c_addr, bytes([register, *data]))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SimulatedSMBus(WireSMBus):
     """An ``smbus2.SMBus`` stand-in hosting chip models by 7-bit address.
 
     ``nack_errno`` is the errno a missing address produces (121 EREMOTEIO like i2c-bcm2835; set 6
     ENXIO to imitate adapters that report that). ``traffic`` keeps the last transfers as
-    ``(address, "w"|"r", bytes)`` for tests.
+    ``(address, "w"|"r", bytes)`` for tests. To serve it to another process, see
+    :class:`drivers.sim.i2c_server.I2cSimServer`.
     """
 
     def __init__(
@@ -163,12 +277,10 @@ class SimulatedSMBus:
         bus: int = 1,
         nack_errno: int = errno.EREMOTEIO,
     ) -> None:
-        self.bus = bus
+        super().__init__(bus=bus)
         self.nack_errno = nack_errno
         self.devices: dict[int, SimulatedI2cDevice] = dict(devices or {})
         self.traffic: deque[tuple[int, str, bytes]] = deque(maxlen=2000)
-        self.closed = False
-        self._lock = threading.RLock()
 
     # -- wiring ------------------------------------------------------------------------------------
 
@@ -187,16 +299,13 @@ class SimulatedSMBus:
         return OSError(self.nack_errno, os.strerror(self.nack_errno))  # as smbus2's ioctl raises it
 
     def _device(self, address: int) -> SimulatedI2cDevice:
-        if self.closed:
-            raise OSError(errno.EBADF, "bus is closed")
-        if not 0 <= address <= 0x7F:
-            raise ValueError(f"invalid 7-bit address {address}")
+        self._check(address)
         dev = self.devices.get(address)
         if dev is None or dev.nack:
             raise self._nack(address)
         return dev
 
-    def _write(self, address: int, data: bytes) -> None:
+    def _write(self, address: int, data: bytes, *, stop: bool = True) -> None:
         dev = self._device(address)
         self.traffic.append((address, "w", data))
         try:
@@ -204,7 +313,7 @@ class SimulatedSMBus:
         except Nack:
             raise self._nack(address) from None
 
-    def _read(self, address: int, length: int) -> bytes:
+    def _read(self, address: int, length: int, *, stop: bool = True) -> bytes:
         dev = self._device(address)
         try:
             data = dev.read(length)
@@ -212,72 +321,6 @@ class SimulatedSMBus:
             raise self._nack(address) from None
         self.traffic.append((address, "r", data))
         return data
-
-    # -- smbus2 API --------------------------------------------------------------------------------
-
-    def i2c_rdwr(self, *i2c_msgs: i2c_msg) -> None:
-        """Combined transfer: each message in turn; a NACK anywhere fails the whole call."""
-        with self._lock:
-            for msg in i2c_msgs:
-                if not isinstance(msg, i2c_msg):
-                    raise TypeError(
-                        f"i2c_rdwr takes smbus2.i2c_msg objects, got {type(msg).__name__}"
-                    )
-                if msg.flags & I2C_M_RD:
-                    data = self._read(msg.addr, msg.len)
-                    ctypes.memmove(msg.buf, data, msg.len)
-                else:
-                    self._write(msg.addr, bytes(msg))
-
-    def write_quick(self, i2c_addr: int, force: bool | None = None) -> None:
-        with self._lock:
-            self._device(i2c_addr)  # address phase only
-
-    def read_byte(self, i2c_addr: int, force: bool | None = None) -> int:
-        with self._lock:
-            return self._read(i2c_addr, 1)[0]
-
-    def read_byte_data(self, i2c_addr: int, register: int, force: bool | None = None) -> int:
-        with self._lock:
-            self._write(i2c_addr, bytes([register]))
-            return self._read(i2c_addr, 1)[0]
-
-    def write_byte_data(
-        self, i2c_addr: int, register: int, value: int, force: bool | None = None
-    ) -> None:
-        with self._lock:
-            self._write(i2c_addr, bytes([register, value]))
-
-    def read_i2c_block_data(
-        self, i2c_addr: int, register: int, length: int, force: bool | None = None
-    ) -> list[int]:
-        if length > I2C_SMBUS_BLOCK_MAX:
-            raise ValueError(f"Desired block length over {I2C_SMBUS_BLOCK_MAX} bytes")
-        with self._lock:
-            self._write(i2c_addr, bytes([register]))
-            return list(self._read(i2c_addr, length))
-
-    def write_i2c_block_data(
-        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
-    ) -> None:
-        if len(data) > I2C_SMBUS_BLOCK_MAX:
-            raise ValueError(f"Data length cannot exceed {I2C_SMBUS_BLOCK_MAX} bytes")
-        with self._lock:
-            self._write(i2c_addr, bytes([register, *data]))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------------

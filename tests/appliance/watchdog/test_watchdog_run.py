@@ -199,3 +199,79 @@ def test_off_time_the_relay_would_refuse_is_rejected_at_start() -> None:
             RelayWatchdog("CP1", PowerCyclePolicy(WatchdogSettings(off_s=1)), relay, SimCharger().observe, print)
     finally:
         relay.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The off time the gateway measures itself, through the alive input (detail.input_off_s)
+
+
+async def test_cycle_result_carries_the_off_time_measured_on_the_alive_input(bench: Bench) -> None:
+    wd = make_watchdog(bench, SimCharger(last_frame_ns=time.time_ns()), WatchdogSettings(off_s=0.3),
+                       alive_input=bench.alive)
+    done = await wd.manual_cycle(force=False)
+    assert done["phase"] == "done" and "input_problem" not in done["detail"]
+    assert abs(done["detail"]["input_off_s"] - done["off_s"]) <= 0.05, done
+    assert bench.events[-1] is done and "input_off_s" not in bench.events[0]["detail"]  # not on "decided"
+    assert bench.alive.edges.qsize() == 2  # the watchdog listens; the input's queue is left to others
+
+
+async def test_input_off_time_with_relay_delay_and_contact_bounce_stays_within_50_ms() -> None:
+    factory = MockFactory()
+    pin = loop_back(factory, RELAY_PIN, ALIVE_PIN, invert=True, delay_s=0.01, bounces=4)
+    relay = ChargerRelay(RELAY_PIN, pin_factory=factory, min_off_s=0.2)
+    alive = DigitalInput("charger_alive", ALIVE_PIN, pin_factory=factory, bounce_time=0.005)
+    events: list[dict[str, Any]] = []
+    try:
+        wd = RelayWatchdog("CP001", PowerCyclePolicy(WatchdogSettings(off_s=0.5)), relay,
+                           SimCharger(last_frame_ns=time.time_ns()).observe, events.append, alive_input=alive)
+        done = await wd.manual_cycle(force=False)
+    finally:
+        pin.join()
+        alive.close()
+        relay.close()
+    assert abs(done["detail"]["input_off_s"] - done["off_s"]) <= 0.05, done
+
+
+async def test_cancelled_cycle_still_reports_the_input_off_time(bench: Bench) -> None:
+    wd = make_watchdog(bench, SimCharger(last_frame_ns=time.time_ns()), WatchdogSettings(off_s=5),
+                       alive_input=bench.alive)
+    task = asyncio.create_task(wd.manual_cycle(force=False))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    last = bench.events[-1]
+    assert last["phase"] == "interrupted" and bench.relay.charger_powered
+    assert abs(last["detail"]["input_off_s"] - last["off_s"]) <= 0.05, last
+
+
+async def test_an_input_that_never_goes_inactive_reports_why() -> None:
+    from drivers.sim.gpio import DrivenInputPin
+
+    factory = MockFactory()
+    factory.pin(ALIVE_PIN, pin_class=DrivenInputPin).drive_high()  # not wired to the relay: stays high
+    relay = ChargerRelay(RELAY_PIN, pin_factory=factory, min_off_s=0.2)
+    alive = DigitalInput("charger_alive", ALIVE_PIN, pin_factory=factory, bounce_time=0.005)
+    try:
+        wd = RelayWatchdog("CP001", PowerCyclePolicy(WatchdogSettings(off_s=0.2)), relay,
+                           SimCharger(last_frame_ns=time.time_ns()).observe, lambda e: None, alive_input=alive)
+        done = await wd.manual_cycle(force=False)
+    finally:
+        alive.close()
+        relay.close()
+    assert done["phase"] == "done" and done["detail"]["input_off_s"] is None
+    assert "never went inactive" in done["detail"]["input_problem"]
+
+
+def test_input_off_time_is_the_first_off_pulse() -> None:
+    from appliance.watchdog.run import input_off_time
+    from drivers.gpio import InputEdge
+
+    def edge(active: bool, at_s: float) -> InputEdge:
+        return InputEdge("alive", active, int(at_s * S), int(at_s * S), 1)
+
+    assert input_off_time([edge(False, 1.0), edge(True, 3.25), edge(False, 4.0)], active_before=True) == (2.25, "")
+    off, why = input_off_time([edge(False, 1.0)], active_before=True)
+    assert off is None and "did not come back" in why
+    off, why = input_off_time([edge(True, 3.0)], active_before=False)
+    assert off is None and "already inactive" in why
