@@ -49,7 +49,10 @@ def pytest_configure(config: pytest.Config) -> None:
     recorder = Recorder(bench.name, str(path))
     config.stash[_RECORDER] = recorder
     configure_junit(config, out)
-    config.pluginmanager.register(ReportPlugin(recorder, out), "hil-report")
+    hil_dir = HERE.resolve()
+    config.pluginmanager.register(
+        ReportPlugin(recorder, out, include=lambda nodeid: (config.rootpath / nodeid.split("::")[0]).resolve()
+                     .is_relative_to(hil_dir)), "hil-report")
 
 
 _SPEC = pytest.StashKey[S.Bench]()

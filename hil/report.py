@@ -30,7 +30,7 @@ import re
 import socket
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -751,18 +751,21 @@ class ReportPlugin:
     """Records each test's outcome (call phase; setup failures and skips; teardown errors) and writes
     the report in pytest_sessionfinish, printing its path through the terminal reporter."""
 
-    def __init__(self, recorder: Recorder, out_dir: Path) -> None:
+    def __init__(self, recorder: Recorder, out_dir: Path, include: Callable[[str], bool] = lambda nodeid: True) -> None:
         self.recorder = recorder
         self.out_dir = Path(out_dir)
         self.report_path: Path | None = None
+        self.include = include  # which node ids are HIL tests (the unit suite may run in the same session)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.include(report.nodeid):
+            return
         if (report.when == "call" or (report.when == "setup" and not report.passed)
                 or (report.when == "teardown" and report.failed)):
             self.recorder.outcome(report.nodeid, outcome_word(report), report.duration, _detail(report))
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed:  # a test module that does not import is a result too
+        if report.failed and self.include(report.nodeid):  # a test module that does not import is a result too
             self.recorder.outcome(report.nodeid, "error", 0.0, report.longreprtext)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
