@@ -36,11 +36,12 @@ async def _measure(ch: BenchCharger, csms: Csms, case: str, hil_record: Recorder
 def _assert_latency_kept(case: str, rtts: list[float], base: list[float]) -> None:
     # The bench shares 2 cores between the gateway, the CSMS, the chargers and the health side's
     # fault (a restarting Python process); the headline isolation figure is bench/isolation.py.
-    # Here: the median stays within 1.5x and the p99 within 2x + 2 ms of the baseline.
+    # Here: the median stays within 1.5x + 1 ms and the p99 within 2x + 5 ms of the baseline; a
+    # value channel that waited on the health side (tap, broker, a dead peer) would miss by far more.
     p50, p99 = percentile(rtts, 50), percentile(rtts, 99)
     b50, b99 = percentile(base, 50), percentile(base, 99)
-    assert p50 <= 1.5 * b50 + 0.0005, f"{case}: p50 {p50 * 1e3:.2f} ms vs baseline {b50 * 1e3:.2f} ms"
-    assert p99 <= 2 * b99 + 0.002, f"{case}: p99 {p99 * 1e3:.2f} ms vs baseline {b99 * 1e3:.2f} ms"
+    assert p50 <= 1.5 * b50 + 0.001, f"{case}: p50 {p50 * 1e3:.2f} ms vs baseline {b50 * 1e3:.2f} ms"
+    assert p99 <= 2 * b99 + 0.005, f"{case}: p99 {p99 * 1e3:.2f} ms vs baseline {b99 * 1e3:.2f} ms"
 
 
 async def test_value_channel_keeps_its_latency_through_health_side_faults(
