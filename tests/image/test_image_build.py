@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -181,11 +182,12 @@ def test_bmaptool_flashes_the_image_with_its_block_map(amd64: Builds, tmp_path: 
     proc = subprocess.run(["bmaptool", "copy", str(amd64.a / f"omgw-{VERSION}-amd64.img.zst"), str(card)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert f"using bmap file '{amd64.a / f'omgw-{VERSION}-amd64.img.bmap'}'" in proc.stderr, proc.stderr
+    assert f"discovered bmap file '{amd64.a / f'omgw-{VERSION}-amd64.img.bmap'}'" in proc.stderr, proc.stderr
+    assert "using bmap file" in proc.stderr, proc.stderr
     assert sha256(card) == amd64.manifest["disk"]["sha256_raw"]
-    bmap = (amd64.a / f"omgw-{VERSION}-amd64.img.bmap").read_text()
-    mapped = int(bmap.split("<MappedBlocksCount>")[1].split("<")[0])
-    total = int(bmap.split("<BlocksCount>")[1].split("<")[0])
+    bmap = ElementTree.parse(amd64.a / f"omgw-{VERSION}-amd64.img.bmap").getroot()
+    mapped = int(bmap.findtext("MappedBlocksCount", "").strip())
+    total = int(bmap.findtext("BlocksCount", "").strip())
     assert 0 < mapped < total  # the free space of the partitions is not written
 
 
