@@ -187,6 +187,16 @@ def log_summary(path: Path) -> dict[str, Any]:
 
 # ---- peers -----------------------------------------------------------------------------------------
 
+# --pin: the proxy (omgw or nginx) on its own core, the load generator and the CSMS on the other,
+# as on a gateway whose value service has a core to itself (CPUAffinity) and whose peers are other
+# machines. Empty: the scheduler places everything.
+PINNING: dict[str, set[int]] = {}
+
+
+def _pin_proxy() -> None:
+    os.sched_setaffinity(0, PINNING["proxy"])
+
+
 class Peer:
     """A spawned child from _peers.py, driven by (command, kwargs) over a pipe."""
 
@@ -194,6 +204,8 @@ class Peer:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
         self.proc.start()
+        if PINNING:
+            os.sched_setaffinity(self.proc.pid, PINNING["peers"])
         child.close()
         self.name = name
 
@@ -303,7 +315,8 @@ class Proxy:
         self.log_path = self.tmp / self.name / "omgw.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(omgw_command(config), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_pin_proxy if PINNING else None)
         if not wait_port(self.port, lambda: self.proc is not None and self.proc.poll() is None, timeout):
             rc = self.proc.poll()
             self.stop()
@@ -377,7 +390,8 @@ http {{
         self.proc = subprocess.Popen(
             [str(NGINX), "-c", str(self.conf), "-p", str(self.dir) + "/", "-e", str(self.dir / "logs/error.log")],
             stdout=subprocess.DEVNULL, stderr=open(self.dir / "logs/stderr.log", "wb"),
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_pin_proxy if PINNING else None)
         if not wait_port(self.port, lambda: self.proc.poll() is None, 15):
             rc = self.proc.poll()
             self.stop()
@@ -668,6 +682,8 @@ class Bench:
             "nginx": self.nginx.version if self.nginx else None,
             "omgw_command": omgw_command(Path("CONFIG"))[:-1],
             "tap_reader": self.s.tap_reader,
+            "pinning": (f"proxy on CPU {sorted(PINNING['proxy'])}, peers on {sorted(PINNING['peers'])}"
+                        if PINNING else ""),
             "quick": self.s.quick,
         }
         self.latency()
@@ -743,7 +759,8 @@ def report(results: dict[str, Any]) -> None:
     print()
     print(f"omgw value channel benchmark  (python {env['python']}, websockets {env['websockets']}, "
           f"{env['cpus']} cpus, load avg {env['loadavg_start'][0]:.2f}"
-          f"{', tap drained' if env['tap_reader'] else ', tap socket unbound'})")
+          f"{', tap drained' if env['tap_reader'] else ', tap socket unbound'}"
+          f"{', pinned: ' + env['pinning'] if env.get('pinning') else ''})")
     if lat:
         print()
         print(f"Sequential Heartbeat round trip: {lat['heartbeats']:,} per run after {lat['warmup']} warm-up, "
@@ -851,8 +868,15 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1,000 heartbeats, one round, 5 s load tests")
     ap.add_argument("--tap-reader", action="store_true",
                     help="bind the tap socket with a drain process (the proxy then encodes tap records)")
+    ap.add_argument("--pin", action="store_true",
+                    help="proxy on the last CPU, load generator and CSMS on the others (needs 2+ CPUs)")
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out" / "value_latency.json")
     args = ap.parse_args()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            ap.error("--pin needs at least 2 CPUs")
+        PINNING.update(proxy={cpus[-1]}, peers=set(cpus[:-1]))
     if args.quick:
         settings = Settings(True, args.tap_reader, heartbeats=1000, warmup=200, rounds=1, load_s=5,
                             load_warmup_s=0.5, sizes=(200, 1000), nginx_load=False, load_rounds=1)
