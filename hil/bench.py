@@ -73,12 +73,6 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def call(self, fn: Callable[[], T], timeout: float = 10) -> T:
-        async def wrap() -> T:
-            return fn()
-
-        return self.run(wrap(), timeout)
-
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
@@ -201,12 +195,6 @@ class Csms:
     @property
     def url(self) -> str:
         return str(self.sim.url)
-
-    def actions(self, cp_id: str) -> list[str]:
-        return self._loop.call(lambda: self.sim.actions(cp_id))
-
-    def events(self, cp_id: str) -> list[tuple[str, dict[str, Any]]]:
-        return self._loop.call(lambda: [(a, f) for c, a, f in self.sim.events if c == cp_id])
 
     def stop(self) -> None:
         self._loop.run(self.sim.stop())
@@ -472,10 +460,11 @@ def open_bench(bench: S.Bench, work: Path | None = None) -> Bench:
     closers: list[Callable[[], Any]] = []
     try:
         return _open(bench, work, closers)
-    except BaseException:
+    except BaseException:  # the error carries the gateway's log tail; nothing is left running
         for fn in reversed(closers):
             with contextlib.suppress(Exception):
                 fn()
+        shutil.rmtree(work, ignore_errors=True)
         raise
 
 
@@ -573,7 +562,7 @@ def _open(spec: S.Bench, work: Path, closers: list[Callable[[], Any]]) -> Bench:
     closers.insert(closers.index(mosq.kill) + 1, broker.close)
     bench = Bench(spec, gateway, csms, broker, meters, sensors, work, loop)
     bench._closers = closers
-    bench._closers.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    bench._closers.insert(0, lambda: shutil.rmtree(work, ignore_errors=True))  # closers run in reverse: last
     return bench
 
 
