@@ -36,24 +36,50 @@ async def test_a_hung_charger_is_power_cycled_and_reconnects(
                    for m in manifests), manifests
 
 
+TAG = "04C0FFEE01"
+
+
+async def _start_transaction(ch: Any) -> None:
+    from appliance.demo.csms import now_iso
+
+    if ch.spec.version == "ocpp1.6":
+        from ocpp.v16 import call as c16
+
+        await ch.cp.call(c16.Authorize(id_tag=TAG))
+        await ch.cp.call(c16.StartTransaction(connector_id=1, id_tag=TAG, meter_start=0, timestamp=now_iso()))
+        await ch.cp.status("Charging")
+    else:
+        from ocpp.v201 import call as c201
+
+        await ch.cp.call(c201.TransactionEvent(
+            event_type="Started", timestamp=now_iso(), trigger_reason="Authorized", seq_no=0,
+            transaction_info={"transaction_id": "tx-hil-hang"}, id_token={"id_token": TAG, "type": "ISO14443"},
+            evse={"id": 1, "connector_id": 1}))
+
+
+async def _stop_transaction(ch: Any, tx_id: str) -> None:
+    from appliance.demo.csms import now_iso
+
+    if ch.spec.version == "ocpp1.6":
+        from ocpp.v16 import call as c16
+
+        await ch.cp.call(c16.StopTransaction(meter_stop=10, timestamp=now_iso(), transaction_id=int(tx_id),
+                                             reason="Reboot"))
+    else:
+        from ocpp.v201 import call as c201
+
+        await ch.cp.call(c201.TransactionEvent(
+            event_type="Ended", timestamp=now_iso(), trigger_reason="ChargingStateChanged", seq_no=1,
+            transaction_info={"transaction_id": tx_id, "stopped_reason": "Reboot"}))
+
+
 async def test_no_power_cycle_during_a_transaction(
         gateway: Any, broker: Broker, relay: S.Relay, charger: Any) -> None:
     async with charger(relay.cp_id) as ch:
-        cp = ch.cp
         since = time.time()
-        # start a transaction, then hang in the middle of it
-        if ch.spec.version == "ocpp1.6":
-            from ocpp.v16 import call as c16
-
-            from appliance.demo.csms import now_iso
-
-            await cp.call(c16.Authorize(id_tag="04C0FFEE01"))
-            await cp.call(c16.StartTransaction(connector_id=1, id_tag="04C0FFEE01", meter_start=0, timestamp=now_iso()))
-            await cp.status("Charging")
-        else:
-            await cp.session("04C0FFEE01", samples=0)  # pragma: no cover - the sim bench's relay charger is 1.6
-        await until(lambda: [s for s in broker.messages(f"ocpp/{relay.cp_id}/state", since) if s.get("transaction")],
-                    10, "the transaction in the charger's state")
+        await _start_transaction(ch)  # then hang in the middle of it
+        states = await until(lambda: [s for s in broker.messages(f"ocpp/{relay.cp_id}/state", since)
+                                      if s.get("transaction")], 10, "the transaction in the charger's state")
         hang_start = time.time()
         ch.hang()
         refused = await until(lambda: [e for e in broker.messages("event", hang_start)
@@ -67,7 +93,4 @@ async def test_no_power_cycle_during_a_transaction(
         assert ch.powered
         # the charger comes back (reboot) and ends the transaction, so no stale one outlives the test
         await ch.reboot()
-        if ch.spec.version == "ocpp1.6":
-            tx = [s for s in broker.messages(f"ocpp/{relay.cp_id}/state", since) if s.get("transaction")][-1]
-            await ch.cp.call(c16.StopTransaction(meter_stop=10, timestamp=now_iso(),
-                                                 transaction_id=int(tx["transaction"]["id"]), reason="Reboot"))
+        await _stop_transaction(ch, str(states[-1]["transaction"]["id"]))
