@@ -5,38 +5,23 @@ Ansible writes nothing outside the test's tmp_path: ANSIBLE_HOME and ANSIBLE_LOC
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = REPO / "ansible"
-BIN = Path(sys.executable).parent
+from ansible_run import ANSIBLE_DIR, BIN, ansible_env  # tests/ansible/ansible_run.py
+
 PLAYBOOKS = sorted(p.name for p in ANSIBLE_DIR.glob("*.yml") if p.name in {"image.yml", "rollout.yml"})
-
-
-def ansible_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
-        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-        # ansible-lint caches collections and roles under XDG_CACHE_HOME.
-        XDG_CACHE_HOME=str(tmp_path / "cache"),
-    )
-    return env
 
 
 @pytest.mark.timeout(600)
 def test_ansible_lint_production_profile_is_clean(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(BIN / "ansible-lint"), "--profile", "production", "--nocolor", "--offline"],
-        cwd=ANSIBLE_DIR, env=ansible_env(tmp_path), capture_output=True, text=True, timeout=580,
+        # ansible-lint caches collections and roles under XDG_CACHE_HOME.
+        cwd=ANSIBLE_DIR, env=ansible_env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True,
+        text=True, timeout=580,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -50,6 +35,7 @@ def test_playbook_syntax_check(playbook: str, tmp_path: Path) -> None:
     proc = subprocess.run(
         # omgw_version is a required extra var of both playbooks (the release being baked or rolled out).
         [str(BIN / "ansible-playbook"), "--syntax-check", "-i", "localhost,", "-e", "omgw_version=0.0.0", playbook],
-        cwd=ANSIBLE_DIR, env=ansible_env(tmp_path), capture_output=True, text=True, timeout=120,
+        cwd=ANSIBLE_DIR, env=ansible_env(tmp_path, XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True,
+        text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

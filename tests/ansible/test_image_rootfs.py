@@ -26,9 +26,7 @@ import pytest
 
 from appliance.devpki import DevCA
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = REPO / "ansible"
-BIN = Path(sys.executable).parent
+from ansible_run import ANSIBLE_DIR, BIN, ansible_env  # tests/ansible/ansible_run.py
 IMAGE_ROLES = ["base", "omgw", "hardening", "image_os"]
 OMGW_VERSION = "0.0.1"
 # Everything the roles rely on is preinstalled, so the bake needs no network inside the chroot
@@ -78,20 +76,6 @@ def mounts_under(path: Path) -> list[str]:
             if line.split()[1].startswith(prefix)]
 
 
-def ansible_env(work: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
-        ANSIBLE_HOME=str(work / "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=str(work / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    return env
-
-
 @dataclass
 class Recap:
     ok: int
@@ -104,7 +88,7 @@ class Recap:
 def run_playbook(work: Path, root: Path, playbook: Path, *extra: str) -> tuple[int, Recap | None, str]:
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", f"{root},", str(playbook), *extra],
-        cwd=ANSIBLE_DIR, env=ansible_env(work), capture_output=True, text=True, timeout=1200,
+        cwd=ANSIBLE_DIR, env=ansible_env(work, ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"), ANSIBLE_FORCE_COLOR="0"), capture_output=True, text=True, timeout=1200,
     )
     out = proc.stdout + proc.stderr
     m = re.search(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out)
