@@ -166,6 +166,10 @@ def _reject_constant(name: str) -> Any:
 # One decoder, built once: json.loads(..., parse_constant=...) would build a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
+#: The strict decoder :func:`parse_frame` uses (RFC 8259: no NaN or Infinity). Raises ValueError
+#: (or RecursionError) for anything that is not JSON.
+decode_json = _DECODER.decode
+
 
 def parse_frame(text: str | bytes) -> Frame:
     """Parse one OCPP-J text frame; raise :class:`FrameError` for anything that is not one.

@@ -22,15 +22,17 @@ from enum import Enum, StrEnum
 
 from ..ocppj import (
     VERSIONS,
+    MAX_UNIQUE_ID_LENGTH,
     ErrorKind,
     Frame,
     FrameError,
     MessageType,
     build_callerror,
+    decode_json,
     error_code_for,
     parse_frame,
 )
-from .schemas import validate_payload
+from .schemas import fast_validator, fast_validators, validate_payload
 
 __all__ = ["Direction", "FrameInspector", "MAX_STORED_ACTION", "Mode", "Observation"]
 
@@ -47,6 +49,8 @@ class Direction(Enum):
 
 
 _OPPOSITE = {Direction.UP: Direction.DOWN, Direction.DOWN: Direction.UP}
+_NOTHING: tuple[None, None] = (None, None)
+_UNSEEN = object()
 _V21_ONLY = (int(MessageType.CALLRESULTERROR), int(MessageType.SEND))
 
 
@@ -115,6 +119,11 @@ class FrameInspector:
         # Outstanding CALLs per direction they travelled: unique id -> (action, now_ns).
         # dicts keep insertion order, so the first key is the oldest.
         self._pending: dict[Direction, dict[str, tuple[str, int]]] = {Direction.UP: {}, Direction.DOWN: {}}
+        # account()'s lookups: fast validators by action (shared per version), the pending table a
+        # result travelling each way answers.
+        self._fast_requests = fast_validators(version, True) if self._validate else {}
+        self._fast_responses = fast_validators(version, False) if self._validate else {}
+        self._answers = {d: self._pending[_OPPOSITE[d]] for d in Direction}
 
     def pending_count(self, direction: Direction | None = None) -> int:
         """Outstanding CALLs travelling ``direction``, or in both directions when None."""
@@ -161,6 +170,65 @@ class FrameInspector:
                 self.invalid += 1
                 return Observation(frame, invalid, frame.action)
         return Observation(frame, None, frame.action)
+
+    def account(self, direction: Direction, text: str, now_ns: int) -> tuple[FrameError | None, int | None]:
+        """:meth:`observe` for a frame that is already forwarded: the same counters and pending table,
+        but only ``(error, latency_ns)`` comes back.
+
+        Why: this runs for every frame the proxy carries, and building the Frame and Observation
+        (frozen dataclasses) cost more than the JSON parse. A well-formed CALL, or a CALLRESULT that
+        answers a pending CALL, whose payload the fast validator accepts is accounted for here;
+        anything else goes through :meth:`observe`, which decides and explains. Nothing is changed
+        before that choice is made, so nothing is counted twice.
+        """
+        try:
+            msg = decode_json(text)
+        except (ValueError, RecursionError):
+            msg = None
+        if type(msg) is list:
+            count = len(msg)
+            if count == 4:
+                mtype, uid, action, payload = msg
+                if (mtype == 2 and type(mtype) is int and type(uid) is str and len(uid) <= MAX_UNIQUE_ID_LENGTH
+                        and type(action) is str and type(payload) is dict):
+                    if self._validate:
+                        validate = self._fast_requests.get(action, _UNSEEN)
+                        if validate is _UNSEEN:
+                            validate = fast_validator(self.version, action, True)  # type: ignore[arg-type]
+                        if validate is None:
+                            return self._described(direction, text, now_ns)
+                        try:
+                            validate(payload)
+                        except Exception:  # noqa: BLE001 - rejected (or the generated code failed)
+                            return self._described(direction, text, now_ns)
+                    self.frames += 1
+                    self._track(direction, uid, action, now_ns)
+                    return _NOTHING
+            elif count == 3:
+                mtype, uid, payload = msg
+                if (mtype == 3 and type(mtype) is int and type(uid) is str and len(uid) <= MAX_UNIQUE_ID_LENGTH
+                        and type(payload) is dict):
+                    pending = self._answers[direction]
+                    entry = pending.get(uid)
+                    if entry is not None:
+                        if self._validate:
+                            validate = self._fast_responses.get(entry[0], _UNSEEN)
+                            if validate is _UNSEEN:
+                                validate = fast_validator(self.version, entry[0], False)  # type: ignore[arg-type]
+                            if validate is None:
+                                return self._described(direction, text, now_ns)
+                            try:
+                                validate(payload)
+                            except Exception:  # noqa: BLE001 - rejected (or the generated code failed)
+                                return self._described(direction, text, now_ns)
+                        del pending[uid]
+                        self.frames += 1
+                        return None, now_ns - entry[1]
+        return self._described(direction, text, now_ns)
+
+    def _described(self, direction: Direction, text: str, now_ns: int) -> tuple[FrameError | None, int | None]:
+        obs = self.observe(direction, text, now_ns)
+        return obs.error, obs.latency_ns
 
     def _broken(self, err: FrameError) -> Observation:
         """A frame whose envelope could not be parsed."""

@@ -223,8 +223,10 @@ class RelayLeg:
                 if n < end:
                     break
                 payload = bytes(buf[h:end])
+            # The frame as it came: usually the whole read, then no copy at all.
+            wire = buf if pos == 0 and end == n and type(buf) is bytes else bytes(buf[pos:end])
             pos = end
-            on_text(self, payload)
+            on_text(self, payload, wire)
             if self._pending is None:  # the callback handed the leg back to websockets
                 self._fall_back(buf, pos)
                 return
@@ -232,6 +234,16 @@ class RelayLeg:
             self._pending += buf[pos:]  # type: ignore[operator]
 
     # ---- sending ----------------------------------------------------------------------------
+
+    def send_wire(self, wire: bytes) -> bool:
+        """Write a complete text frame as received from the partner leg; False when this leg no longer
+        sends data. No re-framing is needed: a charger's frame is masked as a client's frame must be
+        (RFC 6455 §5.3), and a CSMS frame is unmasked as a server's frame must be, so each is already a
+        valid frame for the other leg's direction, byte for byte."""
+        if self.protocol.state is not OPEN:  # type: ignore[attr-defined]
+            return False
+        self.transport.write(wire)  # type: ignore[attr-defined]
+        return True
 
     def send_raw_text(self, payload: bytes) -> bool:
         """Write ``payload`` as one text frame; False when the leg no longer sends data."""
@@ -356,9 +368,9 @@ class ChargePointLink:
 
     # ---- the hot path: called from the source leg's data_received ---------------------------
 
-    def _on_text(self, src: Connection, data: bytes) -> None:
-        """A complete text frame's payload, from the byte-level relay."""
-        if src in self._refused:
+    def _on_text(self, src: Connection, data: bytes, wire: bytes | None = None) -> None:
+        """A complete text frame's payload and, from the byte-level relay, the frame as received."""
+        if self._refused and src in self._refused:
             return
         try:
             try:
@@ -366,7 +378,7 @@ class ChargePointLink:
             except UnicodeDecodeError:
                 self._refuse(src, INVALID_DATA, "invalid UTF-8 in a text frame")
                 return
-            self._forward(src, text, data)
+            self._forward(src, text, data, wire)
         except Exception as e:  # noqa: BLE001 - a bug here must cost this link, never the process
             log.exception("link_relay_failed", cp=self.cp_id, error=repr(e))
             self._refuse(src, INTERNAL_ERROR, "gateway error")
@@ -392,40 +404,71 @@ class ChargePointLink:
         else:  # OCPP-J is text only (OCPP-J 1.6 §4.1.2): refuse this leg; the other follows.
             self._refuse(src, UNSUPPORTED_DATA, "binary frames are not OCPP-J")
 
-    def _forward(self, src: Connection, text: str | None, data: bytes) -> None:
+    def _forward(self, src: Connection, text: str | None, data: bytes, wire: bytes | None = None) -> None:
         if text is None:  # a binary message queued before the relay started
             self._refuse(src, UNSUPPORTED_DATA, "binary frames are not OCPP-J")
             return
         up = src is self.charger
         dst = self.upstream if up else self.charger
+        now = time.time_ns()
+        if not self._enforce:
+            # The hot path (modes off and log): write, count, then account for the frame. Inlined,
+            # since every call here is paid twice per charger round trip.
+            try:
+                if wire is None:
+                    if not dst.send_raw_text(data):  # type: ignore[attr-defined]
+                        return
+                elif dst.protocol.state is OPEN:
+                    dst.transport.write(wire)  # type: ignore[attr-defined]
+                else:
+                    return
+            except (RuntimeError, OSError):
+                return  # the destination is closing: the link is ending
+            stats = self.stats
+            if up:
+                stats.frames_up += 1
+                stats.bytes_up += len(data)
+            else:
+                stats.frames_down += 1
+                stats.bytes_down += len(data)
+            stats.last_frame_ns = now
+            self._inspect(up, text, now)
+            return
         direction = Direction.UP if up else Direction.DOWN
         dir_name = "up" if up else "down"
         stats = self.stats
-        now = time.time_ns()
-        if self._enforce:
-            obs = self.inspector.observe(direction, text, now)
-            if not obs.forward:
-                stats.invalid_frames += 1
-                stats.rejected_calls += 1
-                if obs.reply is not None:
-                    _write(src, obs.reply.encode())
-                code = obs.error.kind.name if obs.error else "?"
-                self._log_invalid(now, dir_name, code, obs.error.detail if obs.error else "", rejected=True)
-                self.tap.put(now, self.cp_id, dir_name, "rejected", text, code=code)
-                return
-            if not _write(dst, data):
-                return
-        else:
-            if not _write(dst, data):
-                return
-            self._count(up, len(data), now)
-            self._loop.call_soon(self._inspect, direction, dir_name, up, text, now)
+        # enforce: a CALL is checked before it may pass
+        obs = self.inspector.observe(direction, text, now)
+        if not obs.forward:
+            stats.invalid_frames += 1
+            stats.rejected_calls += 1
+            if obs.reply is not None:
+                _write(src, obs.reply.encode())
+            code = obs.error.kind.name if obs.error else "?"
+            self._log_invalid(now, dir_name, code, obs.error.detail if obs.error else "", rejected=True)
+            self.tap.put(now, self.cp_id, dir_name, "rejected", text, code=code)
+            return
+        if not _write(dst, data, wire):
             return
         self._count(up, len(data), now)
         self._after(obs, dir_name, up, text, now)
 
-    def _inspect(self, direction: Direction, dir_name: str, up: bool, text: str, now: int) -> None:
-        self._after(self.inspector.observe(direction, text, now), dir_name, up, text, now)
+    def _inspect(self, up: bool, text: str, now: int) -> None:
+        """Bookkeeping for a frame already forwarded (modes off and log), run right after the write:
+        the next frame of the same read waits for it, which keeps this cheaper than a callback."""
+        dir_name = "up" if up else "down"
+        try:
+            error, latency_ns = self.inspector.account(Direction.UP if up else Direction.DOWN, text, now)
+        except Exception as e:  # noqa: BLE001 - the frame is delivered; an inspector bug costs its bookkeeping only
+            error, latency_ns = None, None
+            self.stats.inspect_failures += 1
+            log.exception("inspect_failed", cp=self.cp_id, dir=dir_name, error=repr(e))
+        if error is not None:
+            self.stats.invalid_frames += 1
+            self._log_invalid(now, dir_name, error.kind.name, error.detail)
+        if latency_ns is not None and not up:
+            self.stats.csms_latency.append(latency_ns)
+        self.tap.put(now, self.cp_id, dir_name, "frame", text)
 
     def _count(self, up: bool, size: int, now: int) -> None:
         stats = self.stats
@@ -461,10 +504,13 @@ class ChargePointLink:
         self._invalid_unlogged = 0
 
 
-def _write(leg: Connection, data: bytes) -> bool:
-    """Queue one text frame on ``leg`` and hand it to the transport now; False if the leg is closing
-    (the link is ending: that leg will not deliver anything any more)."""
+def _write(leg: Connection, data: bytes, wire: bytes | None = None) -> bool:
+    """Queue one text frame on ``leg`` (``wire`` as received, else framed from ``data``) and hand it
+    to the transport now; False if the leg is closing (the link is ending: that leg will not deliver
+    anything any more)."""
     try:
+        if wire is not None:
+            return leg.send_wire(wire)  # type: ignore[attr-defined, no-any-return]
         return leg.send_raw_text(data)  # type: ignore[attr-defined, no-any-return]
     except (RuntimeError, OSError):
         return False

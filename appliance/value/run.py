@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import resource
 import secrets
@@ -66,6 +67,9 @@ async def serve_value(config: Config, stop: asyncio.Event | None = None) -> None
     await channel.start()
     # Scrape-time only: the collector reads channel.status(); nothing on the forwarding path changes.
     metrics = await start_metrics(cfg.metrics_listen, channel.status, channel="value")
+    # Everything loaded so far (modules, schemas, config) lives as long as the process: keep it out
+    # of the collector's full passes, which otherwise walk it all every few thousand frames.
+    gc.freeze()
     log.info("value_started", gateway=config.gateway.id, nofile=nofile)
     try:
         await stop.wait()

@@ -338,6 +338,35 @@ def has_schema(version: str, action: str, is_request: bool) -> bool:
     return entry is not None and entry[0 if is_request else 1] is not None
 
 
+# (version, is_request) -> {action: fast validator or None}; keys only for actions in the catalogue,
+# so names chosen by a peer never grow it.
+_FAST_BY_ACTION: dict[tuple[str, bool], dict[str, Callable[[Any], Any] | None]] = {}
+
+
+def fast_validators(version: str, is_request: bool) -> dict[str, Callable[[Any], Any] | None]:
+    """The table :func:`fast_validator` fills for ``version`` and role, for callers that look an
+    action up on every frame: a hit is one dict lookup, a miss means "ask fast_validator"."""
+    return _FAST_BY_ACTION.setdefault((version, is_request), {})
+
+
+def fast_validator(version: str, action: str, is_request: bool) -> Callable[[Any], Any] | None:
+    """The fastjsonschema function for ``action``'s request or response, or None (unknown action, no
+    such message, or no fast path). It raises on any payload it does not accept; only
+    :func:`validate_payload` says why."""
+    table = fast_validators(version, is_request)
+    try:
+        return table[action]
+    except KeyError:
+        pass
+    entry = _catalogue(version).get(action)
+    if entry is None:
+        return None
+    schema_name = entry[0 if is_request else 1]
+    function = None if schema_name is None else _fast_compiled(version, schema_name)
+    table[action] = function
+    return function
+
+
 def validate_payload(version: str, action: str, is_request: bool, payload: Any) -> None:
     """Check ``payload`` against the ``action`` request or response schema of ``version``.
 

@@ -49,6 +49,7 @@ class ChargePointStats:
     invalid_frames: int = 0
     rejected_calls: int = 0
     upstream_failures: int = 0
+    inspect_failures: int = 0  # frames forwarded but not accounted for (an inspector bug; logged)
     last_frame_ns: int = 0
     last_close: str = ""
     # Last CSMS response times (CALL up -> result down); bounded.
@@ -74,6 +75,7 @@ class ChargePointStats:
             "invalid_frames": self.invalid_frames,
             "rejected_calls": self.rejected_calls,
             "upstream_failures": self.upstream_failures,
+            "inspect_failures": self.inspect_failures,
             "last_frame_ns": self.last_frame_ns,
             "last_close": self.last_close,
             "csms_latency_ms": {

@@ -315,3 +315,58 @@ def test_observe_never_raises_and_a_withheld_frame_always_has_a_callerror_reply(
             assert got.reply is None
         assert insp.pending_count(UP) <= 4 and insp.pending_count(DOWN) <= 4
     assert insp.frames == len(frames)
+
+
+# --- account(): the proxy's per-frame path must agree with observe() exactly ---------------------
+
+_LONG_UID = "u" * 37
+_ACCOUNT_FRAMES = [
+    call("1"), call("2"), result("1"), result("2"), result("3"), BOOT_16, BOOT_16_CONF, BOOT_16_MISSING_MODEL,
+    call("1", "NoSuchAction"), result("1", "{}"), result("1", '{"currentTime":5}'),
+    call(_LONG_UID), result(_LONG_UID), '[2.0,"1","Heartbeat",{}]', '[true,"1","Heartbeat",{}]',
+    '[3.0,"1",{}]', '[2,1,"Heartbeat",{}]', '[3,"1",[]]', '[2,"1","Heartbeat",[]]', '[2,"1",7,{}]',
+    '[4,"1","GenericError","d",{}]', '[4,"2","GenericError","d",{}]', '[6,"1","Heartbeat",{}]', "[5]",
+    '[2,"1","Heartbeat",{},1]', "[NaN]", "not json", "", '[2,"x","Heartbeat",{"extra":1}]',
+    '[2,"m","MeterValues",{"connectorId":1,"meterValue":[{"timestamp":"' + TS + '","sampledValue":[{"value":"1"}]}]}]',
+    '[3,"m",{}]', '[2,"s","StatusNotification",{"connectorId":1,"errorCode":"NoError","status":"Available"}]',
+    '[3,"s",{}]', '[2,"t","TransactionEvent",{}]', '[2,"a","Authorize",{"idToken":{"idToken":"X","type":"ISO14443"}}]',
+    '[3,"a",{"idTokenInfo":{"status":"Accepted"}}]', '[3,"a",{"idTagInfo":{"status":"Accepted"}}]',
+]
+
+
+def _error_key(error: object) -> object:
+    return None if error is None else (error.kind, error.detail, error.unique_id, error.message_type)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from(["1.6", "2.0.1", "2.1", None]),
+    st.sampled_from(["off", "log", "enforce"]),
+    st.lists(st.tuples(st.sampled_from([UP, DOWN]), st.sampled_from(_ACCOUNT_FRAMES)), max_size=40),
+)
+def test_account_agrees_with_observe_on_every_frame_and_counter(
+    version: str | None, mode: str, frames: list[tuple[Direction, str]]
+) -> None:
+    described = FrameInspector(version, mode, pending_max=3)
+    accounted = FrameInspector(version, mode, pending_max=3)
+    for i, (direction, text) in enumerate(frames):
+        obs = described.observe(direction, text, 1000 * i)
+        error, latency = accounted.account(direction, text, 1000 * i)
+        assert (_error_key(error), latency) == (_error_key(obs.error), obs.latency_ns), text
+    for name in ("frames", "invalid", "evicted", "unmatched"):
+        assert getattr(accounted, name) == getattr(described, name), name
+    assert accounted._pending == described._pending
+
+
+def test_account_takes_the_short_path_for_valid_traffic_and_observe_for_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    insp = FrameInspector("1.6", "log")
+    described: list[str] = []
+    original = FrameInspector.observe
+    monkeypatch.setattr(FrameInspector, "observe", lambda self, d, t, n: described.append(t) or original(self, d, t, n))
+    assert insp.account(UP, call("1"), 10) == (None, None)
+    assert insp.account(DOWN, result("1"), 25) == (None, 15)
+    assert described == []
+    error, latency = insp.account(UP, BOOT_16_MISSING_MODEL, 30)
+    assert error is not None and error.kind is ErrorKind.PROTOCOL and latency is None
+    assert described == [BOOT_16_MISSING_MODEL]
+    assert insp.frames == 3 and insp.invalid == 1

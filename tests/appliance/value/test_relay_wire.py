@@ -177,3 +177,82 @@ async def test_frames_in_the_same_segment_as_the_csms_101_are_relayed(start_prox
         writer.close()
     finally:
         server.close()
+
+
+async def _raw_csms(frames_to_send: list[bytes], received: bytearray, sent: asyncio.Event):
+    """A CSMS that accepts the handshake, records every byte after it and sends ``frames_to_send``
+    (in one write) once the first bytes have arrived."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key"))
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: ocpp1.6\r\n\r\n")
+        await writer.drain()
+        while chunk := await reader.read(65536):
+            received.extend(chunk)
+            if not sent.is_set():
+                writer.write(b"".join(frames_to_send))
+                await writer.drain()
+                sent.set()
+        writer.close()
+
+    return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_text_frames_cross_the_proxy_as_the_very_same_bytes_both_ways(start_proxy) -> None:
+    """A charger's frame is masked as any client frame must be and a CSMS frame is unmasked as any
+    server frame must be, so the relay writes each frame on as it came: mask key, length encoding
+    and all. Packed and 16-bit-length frames included."""
+    down = [frame(b'[2,"c1","GetConfiguration",{}]', mask=False),
+            frame(f'[2,"c2","DataTransfer",{{"vendorId":"V","data":"{"é" * 80}"}}]'.encode(), mask=False)]
+    up = [frame(b'[2,"1","Heartbeat",{}]'), frame(b'[2,"2","Heartbeat",{}]'),
+          frame(f'[2,"3","DataTransfer",{{"vendorId":"V","data":"{"ü" * 90}"}}]'.encode())]
+    received, sent = bytearray(), asyncio.Event()
+    server = await _raw_csms(down, received, sent)
+    try:
+        proxy = await start_proxy(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ocpp")
+        reader, writer = await raw_charger(proxy_url(proxy))
+        writer.write(b"".join(up))  # one write: the proxy reads them packed
+        await writer.drain()
+        await _until(lambda: len(received) >= sum(map(len, up)))
+        assert bytes(received) == b"".join(up)
+        got = await asyncio.wait_for(reader.readexactly(sum(map(len, down))), 5)
+        assert got == b"".join(down)
+        stats = proxy.stats["CP001"]
+        assert (stats.frames_up, stats.frames_down) == (3, 2)
+        writer.close()
+    finally:
+        server.close()
+
+
+async def test_an_inspector_failure_costs_that_frame_its_bookkeeping_never_its_delivery(
+        start_proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.value.inspect import FrameInspector
+
+    def broken(self, direction, text, now_ns):
+        raise RuntimeError("inspector bug")
+
+    monkeypatch.setattr(FrameInspector, "account", broken)
+    received: list[str] = []
+    async with SimulatedCsms(raw_handler=lambda c, cp: _echo(c, cp, received)) as csms:
+        proxy = await start_proxy(csms.url)
+        reader, writer = await raw_charger(proxy_url(proxy))
+        writer.write(frame(b'[2,"1","Heartbeat",{}]') + frame(b'[2,"2","Heartbeat",{}]'))
+        replies = [json.loads((await asyncio.wait_for(read_frame(reader), 5))[1])[1] for _ in range(2)]
+        assert replies == ["1", "2"] and received == ['[2,"1","Heartbeat",{}]', '[2,"2","Heartbeat",{}]']
+        stats = proxy.stats["CP001"]
+        assert stats.inspect_failures == 4 and stats.frames_up == 2 and stats.frames_down == 2
+        assert stats.snapshot()["inspect_failures"] == 4
+        assert proxy._sessions["CP001"].charger._pending is not None  # the link carries on, byte-level
+        writer.close()
