@@ -14,12 +14,13 @@ Why frames are relayed as bytes: websockets' ``recv()``/``send()`` path costs a 
 message assembler and a send lock per frame, and even its protocol callback builds a Frame through
 a generator-based parser and re-serialises it; together about twice the latency budget
 (bench/value_latency.py). Both legs are websockets connections (:class:`RelayLeg`) that keep the
-HTTP handshake, ping/pong, keepalive and the closing handshake, but hand each complete text frame's
-payload straight to :meth:`ChargePointLink._on_text`, which writes it to the partner leg as one
-frame in the same event-loop step (unmasked from a charger, masked towards the CSMS). Fragmented,
-binary or otherwise unusual frames make that leg fall back to websockets' parser for good, so its
-close codes (1002, 1003, 1009) stay websockets'. Inspection (parsing, validation, latency, tap) runs
-after the frame has been written, except in enforce mode where a CALL must be checked first.
+HTTP handshake, ping/pong, keepalive and the closing handshake, but relay each complete text frame
+themselves: once its UTF-8 is checked, the frame is written to the partner leg exactly as it was
+received (a charger's frame is masked as a client frame must be, a CSMS frame unmasked as a server
+frame must be), in the same event-loop step, and only then does the link do its bookkeeping
+(counters, parsing, validation, latency, tap). In enforce mode the link checks a CALL before it is
+written. Fragmented, binary or otherwise unusual frames make that leg fall back to websockets'
+parser for good, so its close codes (1002, 1003, 1009) stay websockets'.
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ class RelayLeg:
 
     websockets does the HTTP handshake and every control frame (ping/pong, keepalive, the closing
     handshake); a complete unfragmented text frame never reaches its parser. Everything after the
-    handshake's header block goes through :meth:`_relay`, which hands each text payload (unmasked)
-    to ``on_text`` and feeds control frames to websockets as whole frames, so its parser always sits
-    on a frame boundary. Anything unusual (binary, fragments, RSV bits, a wrong mask bit, a frame
+    handshake's header block goes through :meth:`_relay`, which writes each valid UTF-8 text frame to
+    the ``partner`` leg as received and then reports it to ``on_relayed`` (or, when that is None, as in
+    enforce mode, hands the payload to ``on_text`` to decide), and feeds control frames to websockets
+    as whole frames, so its parser always sits on a frame boundary. Anything unusual (binary, fragments, RSV bits, a wrong mask bit, a frame
     over ``max_size``) makes the leg fall back for good: websockets parses the rest and its data
     frames go to ``on_data`` (the Frame-level path), keeping websockets' own close codes.
     Until ``start_relay`` is called, post-handshake bytes wait in ``_pending``.
@@ -95,6 +97,7 @@ class RelayLeg:
         # later unshares its __dict__ (~1.5 KB per leg, 3 MB at 1,000 chargers).
         self.on_data: Any = None
         self.on_text: Any = None
+        self.on_relayed: Any = None
         self.partner: Any = None
         self._pending: bytearray | None = None  # None until the handshake's header block has gone by
         self._handshake_tail = b""
@@ -147,9 +150,10 @@ class RelayLeg:
             if rest:
                 super().data_received(rest)  # type: ignore[misc]
 
-    def start_relay(self, on_text: Any, on_data: Any, partner: Any) -> None:
+    def start_relay(self, on_text: Any, on_data: Any, partner: Any, on_relayed: Any = None) -> None:
         """Install the link's callbacks and relay what arrived since the handshake."""
         self.partner = partner
+        self.on_relayed = on_relayed
         self.on_data = on_data
         # The handshake is over: its headers (~4 KB per leg) are not needed any more. websockets
         # still tests request/response for None, so only their headers go.
@@ -168,7 +172,7 @@ class RelayLeg:
 
     def stop_relay(self) -> None:
         """Hand the leg back to websockets (the link is ending): buffered bytes included."""
-        self.on_text = self.on_data = self.partner = None
+        self.on_text = self.on_data = self.on_relayed = self.partner = None
         self._fall_back(self._pending or b"", 0)
 
     def _fall_back(self, buf: bytes | bytearray, pos: int) -> None:
@@ -226,7 +230,18 @@ class RelayLeg:
             # The frame as it came: usually the whole read, then no copy at all.
             wire = buf if pos == 0 and end == n and type(buf) is bytes else bytes(buf[pos:end])
             pos = end
-            on_text(self, payload, wire)
+            on_relayed = self.on_relayed
+            if on_relayed is None:
+                on_text(self, payload, wire)  # the link decides before anything is written
+            else:
+                # The hot path: nothing but the UTF-8 check between reading a frame and writing it.
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    on_text(self, payload, wire)  # the link refuses the leg (1007)
+                else:
+                    if self.partner.send_wire(wire):
+                        on_relayed(self, text, len(payload))
             if self._pending is None:  # the callback handed the leg back to websockets
                 self._fall_back(buf, pos)
                 return
@@ -242,7 +257,10 @@ class RelayLeg:
         valid frame for the other leg's direction, byte for byte."""
         if self.protocol.state is not OPEN:  # type: ignore[attr-defined]
             return False
-        self.transport.write(wire)  # type: ignore[attr-defined]
+        try:
+            self.transport.write(wire)  # type: ignore[attr-defined]
+        except (RuntimeError, OSError):  # the transport is closing: the link is ending
+            return False
         return True
 
     def send_raw_text(self, payload: bytes) -> bool:
@@ -329,7 +347,8 @@ class ChargePointLink:
             while len(leg.recv_messages.frames):
                 msg = await leg.recv()
                 self._forward(leg, msg if isinstance(msg, str) else None, msg if isinstance(msg, bytes) else msg.encode())
-            leg.start_relay(self._on_text, self._on_frame, partner)  # type: ignore[attr-defined]
+            leg.start_relay(self._on_text, self._on_frame, partner,  # type: ignore[attr-defined]
+                            None if self._enforce else self._relayed)
         # connection_lost_waiter is what wait_closed() awaits; waiting on the futures themselves
         # spares two tasks per link. They must never be cancelled (websockets sets them).
         waits = {self.charger.connection_lost_waiter: "charger", self.upstream.connection_lost_waiter: "upstream"}
@@ -366,10 +385,30 @@ class ChargePointLink:
     async def _close_both(self, code: int, reason: str) -> None:
         await asyncio.gather(self.charger.close(code, reason), self.upstream.close(code, reason))
 
-    # ---- the hot path: called from the source leg's data_received ---------------------------
+    # ---- called from the source leg's data_received ------------------------------------------
+
+    def _relayed(self, src: Connection, text: str, size: int) -> None:
+        """The hot path's second half: ``src``'s leg has just written this frame to its partner
+        (modes off and log). Count it, then account for it."""
+        try:
+            up = src is self.charger
+            now = time.time_ns()
+            stats = self.stats
+            if up:
+                stats.frames_up += 1
+                stats.bytes_up += size
+            else:
+                stats.frames_down += 1
+                stats.bytes_down += size
+            stats.last_frame_ns = now
+            self._inspect(up, text, now)
+        except Exception as e:  # noqa: BLE001 - a bug here must cost this link, never the process
+            log.exception("link_relay_failed", cp=self.cp_id, error=repr(e))
+            self._refuse(src, INTERNAL_ERROR, "gateway error")
 
     def _on_text(self, src: Connection, data: bytes, wire: bytes | None = None) -> None:
-        """A complete text frame's payload and, from the byte-level relay, the frame as received."""
+        """A complete text frame's payload (and, from the byte-level relay, the frame as received)
+        that the leg did not write itself: enforce mode, invalid UTF-8, websockets' fallback path."""
         if self._refused and src in self._refused:
             return
         try:
@@ -412,27 +451,9 @@ class ChargePointLink:
         dst = self.upstream if up else self.charger
         now = time.time_ns()
         if not self._enforce:
-            # The hot path (modes off and log): write, count, then account for the frame. Inlined,
-            # since every call here is paid twice per charger round trip.
-            try:
-                if wire is None:
-                    if not dst.send_raw_text(data):  # type: ignore[attr-defined]
-                        return
-                elif dst.protocol.state is OPEN:
-                    dst.transport.write(wire)  # type: ignore[attr-defined]
-                else:
-                    return
-            except (RuntimeError, OSError):
-                return  # the destination is closing: the link is ending
-            stats = self.stats
-            if up:
-                stats.frames_up += 1
-                stats.bytes_up += len(data)
-            else:
-                stats.frames_down += 1
-                stats.bytes_down += len(data)
-            stats.last_frame_ns = now
-            self._inspect(up, text, now)
+            if _write(dst, data, wire):
+                self._count(up, len(data), now)
+                self._inspect(up, text, now)
             return
         direction = Direction.UP if up else Direction.DOWN
         dir_name = "up" if up else "down"
@@ -491,6 +512,7 @@ class ChargePointLink:
 
     def _refuse(self, leg: Connection, code: int, reason: str) -> None:
         self._refused[leg] = code
+        leg.on_relayed = None  # type: ignore[attr-defined]  # later frames of the same read stop at _on_text
         asyncio.ensure_future(leg.close(code, reason))
 
     def _log_invalid(self, now_ns: int, dir_name: str, code: str, detail: str, rejected: bool = False) -> None:
