@@ -151,6 +151,73 @@ def csms_main(conn: Connection, certfile: str | None, keyfile: str | None) -> No
     asyncio.run(main())
 
 
+# ---- blind byte pipe: the floor of any Python relay ---------------------------------------------
+
+class _PipeLeg(asyncio.Protocol):
+    """One side of a blind TCP pipe: every read is written to the partner as is (bytes arriving
+    before the partner is connected wait in a list). No WebSocket parsing, no checks."""
+
+    def __init__(self) -> None:
+        self.partner: _PipeLeg | None = None
+        self.transport: Any = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.partner is None:
+            self.early.append(data)
+        else:
+            self.partner.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.partner is not None:
+            self.partner.transport.close()
+
+
+def byte_pipe_main(conn: Connection, upstream_port: int) -> None:
+    """What relaying costs with no protocol work at all: each accepted connection is piped to
+    ``upstream_port`` by the same event loop ``omgw value`` runs (uvloop when installed).
+
+    First message to the parent: ``("ready", {"port": ..})``.
+    """
+    _child_setup()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        class Accepted(_PipeLeg):
+            def connection_made(self, transport: Any) -> None:
+                super().connection_made(transport)
+                loop.create_task(self.connect())
+
+            async def connect(self) -> None:
+                try:
+                    _, upstream = await loop.create_connection(_PipeLeg, "127.0.0.1", upstream_port)
+                except OSError:
+                    self.transport.close()
+                    return
+                upstream.partner, self.partner = self, upstream
+                for data in self.early:
+                    upstream.transport.write(data)
+                self.early.clear()
+
+        server = await loop.create_server(Accepted, "127.0.0.1", 0, backlog=1024)
+        conn.send(("ready", {"port": server.sockets[0].getsockname()[1]}))
+        try:
+            await _command_loop(conn, object())
+        finally:
+            server.close()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
 # ---- charger load generator ------------------------------------------------------------------
 
 def _heartbeat(mid: int) -> str:

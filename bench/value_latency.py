@@ -8,7 +8,8 @@ WebSocket reverse proxy an operator would otherwise use. Two parts:
 
 1. Latency: one connection, 5,000 sequential Heartbeats after a 500 warm-up, direct to the CSMS, through
    omgw (ws upstream; validation "log" as configured, plus "off" to show what validation costs), through
-   nginx, and with TLS upstream (omgw profile 2 against direct wss://). The machine is noisy, so the
+   nginx, through a blind uvloop byte pipe (the floor: what the extra process hop costs a Python relay
+   that parses nothing), and with TLS upstream (omgw profile 2 against direct wss://). The machine is noisy, so the
    variants run interleaved in rounds (order rotated each round) and the figures are medians over
    rounds; "added" and "ratio" are computed per round against the direct run of the same round, then
    the median is taken.
@@ -532,6 +533,13 @@ class Bench:
             except RuntimeError as e:
                 unavailable[key] = str(e)
                 self.notes.append(f"{key} latency rows skipped: {e}")
+        # The floor: a Python relay that parses nothing (see _peers.byte_pipe_main).
+        pipe = Peer(self.ctx, _peers.byte_pipe_main, "byte-pipe", self.csms_ws)
+        self.peers.append(pipe)
+        if PINNING:  # it stands where a proxy stands
+            os.sched_setaffinity(pipe.proc.pid, PINNING["proxy"])
+        pipe_port = pipe.expect_ready()["port"]
+        variants["pipe"] = {"url": lambda cp: f"ws://127.0.0.1:{pipe_port}/ocpp/{cp}", "ca": None}
         if "omgw" in proxies:
             variants["omgw"] = {"url": proxies["omgw"].url, "ca": None}
         if "omgw_off" in proxies:
@@ -566,7 +574,8 @@ class Bench:
                   + f" (other processes: up to {other:.0f}% of a core)", file=sys.stderr)
 
         summary: dict[str, Any] = {}
-        baseline_of = {"omgw": "direct", "omgw_off": "direct", "nginx": "direct", "omgw_tls": "direct_wss"}
+        baseline_of = {"omgw": "direct", "omgw_off": "direct", "nginx": "direct", "pipe": "direct",
+                       "omgw_tls": "direct_wss"}
         for name in names:
             ok = [row[name] for row in per_round if "p50" in row[name]]
             if not ok:
@@ -741,6 +750,7 @@ def summarize_load(rows: list[dict[str, Any]], sizes: tuple[int, ...], paths: li
 
 LABELS = {
     "direct": "direct ws -> CSMS",
+    "pipe": "blind uvloop byte pipe",
     "omgw": "omgw p0 (ws upstream)",
     "omgw_off": "omgw p0, validation=off",
     "nginx": "nginx (ws reverse proxy)",
