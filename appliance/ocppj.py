@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+from . import strictjson
+
 __all__ = [
     "ErrorKind",
     "Frame",
@@ -158,17 +160,8 @@ _ARITY = {
 _BY_NUMBER = {int(t): t for t in MessageType}
 
 
-def _reject_constant(name: str) -> Any:
-    # json accepts NaN/Infinity/-Infinity by default; RFC 8259 does not.
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder, built once: json.loads(..., parse_constant=...) would build a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-
-#: The strict decoder :func:`parse_frame` uses (RFC 8259: no NaN or Infinity). Raises ValueError
-#: (or RecursionError) for anything that is not JSON.
-decode_json = _DECODER.decode
+#: The strict decoder :func:`parse_frame` uses (RFC 8259: no NaN or Infinity).
+decode_json = strictjson.decode
 
 
 def parse_frame(text: str | bytes) -> Frame:
@@ -186,7 +179,7 @@ def parse_frame(text: str | bytes) -> Frame:
         except (UnicodeDecodeError, TypeError):
             raise FrameError(ErrorKind.RPC_FRAMEWORK, "frame is not UTF-8 text") from None
     try:
-        msg = _DECODER.decode(text)
+        msg = decode_json(text)
     except (ValueError, RecursionError):
         # ValueError covers JSONDecodeError, NaN/Infinity and ints beyond sys.int_info limits.
         raise FrameError(ErrorKind.RPC_FRAMEWORK, "frame is not valid JSON") from None

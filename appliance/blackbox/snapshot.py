@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Protocol, TextIO
 
 import appliance
+from appliance import strictjson
 from appliance.blackbox.record import Record, RecordKind
 from appliance.blackbox.store import BlackBox
 from appliance.blackbox.triggers import fault_reason, reason_slug
@@ -158,16 +159,9 @@ def parse_kinds(names: Iterable[str]) -> frozenset[RecordKind]:
     return frozenset(kinds)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
-
-
 def _payload_data(payload: bytes) -> Any:
     try:
-        return _DECODER.decode(bytes(payload).decode("utf-8"))
+        return strictjson.decode(bytes(payload).decode("utf-8"))
     except (ValueError, RecursionError):
         return {"raw_b64": base64.b64encode(bytes(payload)).decode("ascii")}
 

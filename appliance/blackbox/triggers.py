@@ -46,11 +46,11 @@ were not rejected (``"accepted"``/``"verified"`` false or a ``"status"`` in
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from appliance import strictjson
 from appliance.blackbox.record import Record, RecordKind
 
 __all__ = [
@@ -93,11 +93,6 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
 _SLUG_UNSAFE = re.compile(r"[^a-z0-9_-]+")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
 # Substrings tested on the raw frame text before it is parsed (action names appear verbatim).
 _ACTION_HINTS: Final = tuple(sorted(FAULT_ACTIONS))
 
@@ -107,7 +102,7 @@ def _loads(data: str | bytes | bytearray | memoryview) -> Any:
     try:
         if not isinstance(data, str):
             data = bytes(data).decode("utf-8")
-        return _DECODER.decode(data)
+        return strictjson.decode(data)
     except (ValueError, RecursionError, TypeError):
         return None
 

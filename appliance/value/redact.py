@@ -47,6 +47,8 @@ import hmac
 import json
 from typing import Any
 
+from .. import strictjson
+
 __all__ = ["PSEUDONYM_PREFIX", "Redactor", "TOKEN_KEYS"]
 
 TOKEN_KEYS = frozenset({
@@ -70,11 +72,6 @@ PSEUDONYM_HEX_DIGITS = 16
 _EMBEDDED_DEPTH = 2
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # allow_nan=False: 1e999 parses to inf, which must not come out as the non-JSON "Infinity".
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
@@ -100,7 +97,7 @@ class Redactor:
     def redact(self, text: str) -> str:
         """The frame with every token value pseudonymised, as compact JSON; never the input text."""
         try:
-            value = _DECODER.decode(text)
+            value = strictjson.decode(text)
             redacted, _ = self._walk(value, _EMBEDDED_DEPTH)
             return _ENCODER.encode(redacted)
         except (ValueError, TypeError, RecursionError):
@@ -148,7 +145,7 @@ class Redactor:
     def _embedded(self, text: str, embedded: int) -> tuple[Any, bool]:
         """A string that may hold JSON: redact inside it and re-encode, or leave it alone."""
         try:
-            inner = _DECODER.decode(text)
+            inner = strictjson.decode(text)
         except ValueError:
             return text, False
         redacted, changed = self._walk(inner, embedded)

@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import os
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 

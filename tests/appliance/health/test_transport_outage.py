@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
 
 from appliance.health import payloads
 from appliance.health.mqtt import MqttSettings, MqttUplink

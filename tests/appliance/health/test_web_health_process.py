@@ -12,7 +12,6 @@ import ssl
 import sys
 import tarfile
 import time
-from pathlib import Path
 from typing import Any
 
 from appliance.blackbox.snapshot import verify_snapshot

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from appliance.demo.chargers import connect_charger
 from appliance.demo.csms import SimulatedCsms, wait_for

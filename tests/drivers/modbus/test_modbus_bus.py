@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path

@@ -5,7 +5,6 @@ are still read every cycle, and a late reply is never taken as another request's
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path

@@ -3,7 +3,6 @@ a pty (and the bus over a Modbus TCP gateway, as the demo uses it)."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
