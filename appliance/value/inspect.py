@@ -202,7 +202,11 @@ class FrameInspector:
                         except Exception:  # noqa: BLE001 - rejected (or the generated code failed)
                             return self._described(direction, text, now_ns)
                     self.frames += 1
-                    self._track(direction, uid, action, now_ns)
+                    pending = self._pending[direction]
+                    if uid in pending or len(pending) >= self.pending_max or len(action) > MAX_STORED_ACTION:
+                        self._track(direction, uid, action, now_ns)
+                    else:
+                        pending[uid] = (action, now_ns)
                     return _NOTHING
             elif count == 3:
                 mtype, uid, payload = msg

@@ -49,6 +49,8 @@ NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_DATA, TOO_BIG, INTERNAL_ERROR, SER
 )
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _NO_HEADERS = Headers()
+_UP, _DOWN = Direction.UP, Direction.DOWN
+_time_ns = time.time_ns
 
 
 class TapSink(Protocol):
@@ -390,21 +392,29 @@ class ChargePointLink:
     def _relayed(self, src: Connection, text: str, size: int) -> None:
         """The hot path's second half: ``src``'s leg has just written this frame to its partner
         (modes off and log). Count it, then account for it."""
+        now = _time_ns()
+        stats = self.stats
+        if src is self.charger:
+            up, direction, dir_name = True, _UP, "up"
+            stats.frames_up += 1
+            stats.bytes_up += size
+        else:
+            up, direction, dir_name = False, _DOWN, "down"
+            stats.frames_down += 1
+            stats.bytes_down += size
+        stats.last_frame_ns = now
         try:
-            up = src is self.charger
-            now = time.time_ns()
-            stats = self.stats
-            if up:
-                stats.frames_up += 1
-                stats.bytes_up += size
-            else:
-                stats.frames_down += 1
-                stats.bytes_down += size
-            stats.last_frame_ns = now
-            self._inspect(up, text, now)
-        except Exception as e:  # noqa: BLE001 - a bug here must cost this link, never the process
-            log.exception("link_relay_failed", cp=self.cp_id, error=repr(e))
-            self._refuse(src, INTERNAL_ERROR, "gateway error")
+            error, latency_ns = self.inspector.account(direction, text, now)
+        except Exception as e:  # noqa: BLE001 - the frame is delivered; an inspector bug costs its bookkeeping only
+            stats.inspect_failures += 1
+            log.exception("inspect_failed", cp=self.cp_id, dir=dir_name, error=repr(e))
+        else:
+            if error is not None:
+                stats.invalid_frames += 1
+                self._log_invalid(now, dir_name, error.kind.name, error.detail)
+            if latency_ns is not None and not up:
+                stats.csms_latency.append(latency_ns)
+        self.tap.put(now, self.cp_id, dir_name, "frame", text)
 
     def _on_text(self, src: Connection, data: bytes, wire: bytes | None = None) -> None:
         """A complete text frame's payload (and, from the byte-level relay, the frame as received)
@@ -452,8 +462,7 @@ class ChargePointLink:
         now = time.time_ns()
         if not self._enforce:
             if _write(dst, data, wire):
-                self._count(up, len(data), now)
-                self._inspect(up, text, now)
+                self._relayed(src, text, len(data))
             return
         direction = Direction.UP if up else Direction.DOWN
         dir_name = "up" if up else "down"
@@ -473,23 +482,6 @@ class ChargePointLink:
             return
         self._count(up, len(data), now)
         self._after(obs, dir_name, up, text, now)
-
-    def _inspect(self, up: bool, text: str, now: int) -> None:
-        """Bookkeeping for a frame already forwarded (modes off and log), run right after the write:
-        the next frame of the same read waits for it, which keeps this cheaper than a callback."""
-        dir_name = "up" if up else "down"
-        try:
-            error, latency_ns = self.inspector.account(Direction.UP if up else Direction.DOWN, text, now)
-        except Exception as e:  # noqa: BLE001 - the frame is delivered; an inspector bug costs its bookkeeping only
-            error, latency_ns = None, None
-            self.stats.inspect_failures += 1
-            log.exception("inspect_failed", cp=self.cp_id, dir=dir_name, error=repr(e))
-        if error is not None:
-            self.stats.invalid_frames += 1
-            self._log_invalid(now, dir_name, error.kind.name, error.detail)
-        if latency_ns is not None and not up:
-            self.stats.csms_latency.append(latency_ns)
-        self.tap.put(now, self.cp_id, dir_name, "frame", text)
 
     def _count(self, up: bool, size: int, now: int) -> None:
         stats = self.stats
