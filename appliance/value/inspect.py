@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Any
 
 from ..ocppj import (
     VERSIONS,
@@ -191,16 +192,8 @@ class FrameInspector:
                 mtype, uid, action, payload = msg
                 if (mtype == 2 and type(mtype) is int and type(uid) is str and len(uid) <= MAX_UNIQUE_ID_LENGTH
                         and type(action) is str and type(payload) is dict):
-                    if self._validate:
-                        validate = self._fast_requests.get(action, _UNSEEN)
-                        if validate is _UNSEEN:
-                            validate = fast_validator(self.version, action, True)  # type: ignore[arg-type]
-                        if validate is None:
-                            return self._described(direction, text, now_ns)
-                        try:
-                            validate(payload)
-                        except Exception:  # noqa: BLE001 - rejected (or the generated code failed)
-                            return self._described(direction, text, now_ns)
+                    if self._validate and not self._passes(self._fast_requests, action, True, payload):
+                        return self._described(direction, text, now_ns)
                     self.frames += 1
                     pending = self._pending[direction]
                     if uid in pending or len(pending) >= self.pending_max or len(action) > MAX_STORED_ACTION:
@@ -215,20 +208,26 @@ class FrameInspector:
                     pending = self._answers[direction]
                     entry = pending.get(uid)
                     if entry is not None:
-                        if self._validate:
-                            validate = self._fast_responses.get(entry[0], _UNSEEN)
-                            if validate is _UNSEEN:
-                                validate = fast_validator(self.version, entry[0], False)  # type: ignore[arg-type]
-                            if validate is None:
-                                return self._described(direction, text, now_ns)
-                            try:
-                                validate(payload)
-                            except Exception:  # noqa: BLE001 - rejected (or the generated code failed)
-                                return self._described(direction, text, now_ns)
+                        if self._validate and not self._passes(self._fast_responses, entry[0], False, payload):
+                            return self._described(direction, text, now_ns)
                         del pending[uid]
                         self.frames += 1
                         return None, now_ns - entry[1]
         return self._described(direction, text, now_ns)
+
+    def _passes(self, table: dict[str, Any], action: str, is_request: bool, payload: dict[str, Any]) -> bool:
+        """Whether the fast validator for ``action`` exists and accepts ``payload``; False means
+        "let observe() decide" (no fast path, an unknown action, or a rejection to explain)."""
+        validate = table.get(action, _UNSEEN)
+        if validate is _UNSEEN:
+            validate = fast_validator(self.version, action, is_request)  # type: ignore[arg-type]
+        if validate is None:
+            return False
+        try:
+            validate(payload)
+        except Exception:  # noqa: BLE001 - rejected, or the generated code failed
+            return False
+        return True
 
     def _described(self, direction: Direction, text: str, now_ns: int) -> tuple[FrameError | None, int | None]:
         obs = self.observe(direction, text, now_ns)
