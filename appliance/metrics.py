@@ -98,6 +98,7 @@ def _value_metrics(st: dict[str, Any]) -> Iterator[Metric]:
         ("invalid_frames", "Frames that failed OCPP-J validation"),
         ("rejected_calls", "CALLs rejected in enforce mode"),
         ("upstream_failures", "Failed attempts to open the CSMS leg"),
+        ("inspect_failures", "Frames forwarded whose inspection raised (logged as inspect_failed)"),
     )}
     latency = GaugeMetricFamily("omgw_value_csms_latency_ms", "CSMS response latency over the recent window",
                                 labels=["cp_id", "quantile"])

@@ -82,12 +82,13 @@ class RelayLeg:
 
     websockets does the HTTP handshake and every control frame (ping/pong, keepalive, the closing
     handshake); a complete unfragmented text frame never reaches its parser. Everything after the
-    handshake's header block goes through :meth:`_relay`, which writes each valid UTF-8 text frame to
-    the ``partner`` leg as received and then reports it to ``on_relayed`` (or, when that is None, as in
-    enforce mode, hands the payload to ``on_text`` to decide), and feeds control frames to websockets
-    as whole frames, so its parser always sits on a frame boundary. Anything unusual (binary, fragments, RSV bits, a wrong mask bit, a frame
-    over ``max_size``) makes the leg fall back for good: websockets parses the rest and its data
-    frames go to ``on_data`` (the Frame-level path), keeping websockets' own close codes.
+    handshake's header block goes through :meth:`_relay`, which writes each valid UTF-8 text frame
+    to the ``partner`` leg as received and then reports it to ``on_relayed`` (or, when that is None,
+    as in enforce mode, hands the payload to ``on_text`` to decide), and feeds control frames to
+    websockets as whole frames, so its parser always sits on a frame boundary. Anything unusual
+    (binary, fragments, RSV bits, a wrong mask bit, a frame over ``max_size``) makes the leg fall
+    back for good: websockets parses the rest and its data frames go to ``on_data`` (the
+    Frame-level path), keeping websockets' own close codes.
     Until ``start_relay`` is called, post-handshake bytes wait in ``_pending``.
 
     Flow control is coupled to the ``partner`` leg: when this leg's transport buffer passes the
@@ -338,8 +339,6 @@ class ChargePointLink:
         self._partial: dict[Connection, list[bytes] | None] = {charger: None, upstream: None}
         self._next_invalid_log = 0
         self._invalid_unlogged = 0
-        # Cached: asyncio.get_running_loop() costs a getpid() system call on every frame.
-        self._loop = asyncio.get_running_loop()
 
     async def run(self) -> None:
         """Relay until either leg ends, then close the other one."""
@@ -459,11 +458,11 @@ class ChargePointLink:
             return
         up = src is self.charger
         dst = self.upstream if up else self.charger
-        now = time.time_ns()
         if not self._enforce:
             if _write(dst, data, wire):
                 self._relayed(src, text, len(data))
             return
+        now = _time_ns()
         direction = Direction.UP if up else Direction.DOWN
         dir_name = "up" if up else "down"
         stats = self.stats

@@ -68,7 +68,7 @@ async def serve_value(config: Config, stop: asyncio.Event | None = None) -> None
     # Scrape-time only: the collector reads channel.status(); nothing on the forwarding path changes.
     metrics = await start_metrics(cfg.metrics_listen, channel.status, channel="value")
     # Everything loaded so far (modules, schemas, config) lives as long as the process: keep it out
-    # of the collector's full passes, which otherwise walk it all every few thousand frames.
+    # of the collector's full passes, which would otherwise walk all of it each time.
     gc.freeze()
     log.info("value_started", gateway=config.gateway.id, nofile=nofile)
     try:

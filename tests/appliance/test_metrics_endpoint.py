@@ -17,7 +17,7 @@ VALUE = {"channel": "value", "gateway_id": "GW1", "uptime_s": 12.5, "connected":
                                                   "dropped_encode": 0, "queued": 0},
          "charge_points": [{"cp_id": "CP001", "connected": True, "frames_up": 7, "frames_down": 6, "bytes_up": 700,
                             "bytes_down": 600, "connects": 1, "reconnects": 0, "invalid_frames": 1,
-                            "rejected_calls": 0, "upstream_failures": 0,
+                            "rejected_calls": 0, "upstream_failures": 0, "inspect_failures": 2,
                             "csms_latency_ms": {"n": 6, "p50": 1.5, "p95": 3.0, "p99": None}}]}
 HEALTH = {"channel": "health", "gateway_id": "GW1", "uptime_s": 30.0, "state": "degraded",
           "reasons": ["uplink_down: not connected for 75 s"],
@@ -65,6 +65,7 @@ async def test_value_metrics_have_per_charge_point_frame_counters() -> None:
     assert s[("omgw_value_frames_total", (("cp_id", "CP001"), ("direction", "up")))] == 7
     assert s[("omgw_value_frames_total", (("cp_id", "CP001"), ("direction", "down")))] == 6
     assert s[("omgw_value_invalid_frames_total", (("cp_id", "CP001"),))] == 1
+    assert s[("omgw_value_inspect_failures_total", (("cp_id", "CP001"),))] == 2
     assert s[("omgw_value_charge_point_connected", (("cp_id", "CP001"),))] == 1
     assert s[("omgw_value_handshake_refusals_total", (("status", "404"),))] == 2
     assert s[("omgw_value_tap_dropped_records_total", (("cause", "socket"),))] == 3
