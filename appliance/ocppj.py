@@ -160,10 +160,6 @@ _ARITY = {
 _BY_NUMBER = {int(t): t for t in MessageType}
 
 
-#: The strict decoder :func:`parse_frame` uses (RFC 8259: no NaN or Infinity).
-decode_json = strictjson.decode
-
-
 def parse_frame(text: str | bytes) -> Frame:
     """Parse one OCPP-J text frame; raise :class:`FrameError` for anything that is not one.
 
@@ -179,7 +175,7 @@ def parse_frame(text: str | bytes) -> Frame:
         except (UnicodeDecodeError, TypeError):
             raise FrameError(ErrorKind.RPC_FRAMEWORK, "frame is not UTF-8 text") from None
     try:
-        msg = decode_json(text)
+        msg = strictjson.decode(text)
     except (ValueError, RecursionError):
         # ValueError covers JSONDecodeError, NaN/Infinity and ints beyond sys.int_info limits.
         raise FrameError(ErrorKind.RPC_FRAMEWORK, "frame is not valid JSON") from None

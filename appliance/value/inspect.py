@@ -29,10 +29,10 @@ from ..ocppj import (
     FrameError,
     MessageType,
     build_callerror,
-    decode_json,
     error_code_for,
     parse_frame,
 )
+from ..strictjson import decode as decode_json
 from .schemas import fast_validator, fast_validators, validate_payload
 
 __all__ = ["Direction", "FrameInspector", "MAX_STORED_ACTION", "Mode", "Observation"]
@@ -195,11 +195,7 @@ class FrameInspector:
                     if self._validate and not self._passes(self._fast_requests, action, True, payload):
                         return self._described(direction, text, now_ns)
                     self.frames += 1
-                    pending = self._pending[direction]
-                    if uid in pending or len(pending) >= self.pending_max or len(action) > MAX_STORED_ACTION:
-                        self._track(direction, uid, action, now_ns)
-                    else:
-                        pending[uid] = (action, now_ns)
+                    self._track(direction, uid, action, now_ns)
                     return _NOTHING
             elif count == 3:
                 mtype, uid, payload = msg
