@@ -34,6 +34,7 @@ from appliance.blackbox.snapshot import read_manifest, verify_snapshot
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -54,9 +55,13 @@ pytestmark = [
 
 
 def _wait(what: str, cond: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    """Poll ``cond``; an element the page re-rendered between lookup and use counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while True:
-        value = cond()
+        try:
+            value = cond()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:
@@ -127,6 +132,12 @@ def _fetch_json(driver: Any, path: str) -> Any:
         path)
 
 
+def _attr(driver: Any, css: str, name: str) -> str | None:
+    """An attribute of the live element in one script call: the page redraws rows and charts every second."""
+    return driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e && e.getAttribute(arguments[1]);", css, name)
+
+
 def test_technician_page_in_headless_chromium_against_the_demo(tmp_path: Path) -> None:
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
@@ -165,10 +176,10 @@ def test_technician_page_in_headless_chromium_against_the_demo(tmp_path: Path) -
 
         # -- the chargers table and the charts fill and follow the gateway within 3 s ---------------
         _wait("three chargers", lambda: len(qs("#chargers-table tbody tr[data-cp]")) == 3, 20)
-        _wait("a chart with points", lambda: int(q("#chart-meter-CP002-V svg").get_attribute("data-points") or 0) > 3, 15)
+        _wait("a chart with points", lambda: int(_attr(driver, "#chart-meter-CP002-V svg", "data-points") or 0) > 3, 15)
 
         def dom_frames(cp: str) -> int:
-            return int(q(f'tr[data-cp="{cp}"]').get_attribute("data-frames-up") or 0)
+            return int(_attr(driver, f'tr[data-cp="{cp}"]', "data-frames-up") or 0)
 
         before = dom_frames("CP002")
         server = _wait("CP002's frame counter to move on the server", lambda: next(
@@ -178,12 +189,12 @@ def test_technician_page_in_headless_chromium_against_the_demo(tmp_path: Path) -
         _wait("the table to show it", lambda: dom_frames("CP002") >= server, 3, 0.05)
         table_lag = time.monotonic() - t0
 
-        chart_t = int(q("#chart-meter-CP002-V svg").get_attribute("data-last-t") or 0)
+        chart_t = int(_attr(driver, "#chart-meter-CP002-V svg", "data-last-t") or 0)
         newest = _wait("a new telemetry point on the server", lambda: (
             pts := _fetch_json(driver, "/api/telemetry?minutes=0.2")["points"]) and pts[-1]["t"] > chart_t
             and pts[-1]["t"], 10, 0.05)
         t0 = time.monotonic()
-        _wait("the chart to draw it", lambda: int(q("#chart-meter-CP002-V svg").get_attribute("data-last-t") or 0)
+        _wait("the chart to draw it", lambda: int(_attr(driver, "#chart-meter-CP002-V svg", "data-last-t") or 0)
               >= newest, 3, 0.05)
         chart_lag = time.monotonic() - t0
 
@@ -193,7 +204,7 @@ def test_technician_page_in_headless_chromium_against_the_demo(tmp_path: Path) -
             60, 0.05)
         t0 = time.monotonic()
         _wait("the table to show CP001 offline",
-              lambda: q('tr[data-cp="CP001"]').get_attribute("data-connected") == "false", 3, 0.05)
+              lambda: _attr(driver, 'tr[data-cp="CP001"]', "data-connected") == "false", 3, 0.05)
         offline_lag = time.monotonic() - t0
         shot("03-chargers-cp001-offline")
         print(f"page lag behind the server: table {table_lag:.2f} s, chart {chart_lag:.2f} s, "
@@ -213,11 +224,13 @@ def test_technician_page_in_headless_chromium_against_the_demo(tmp_path: Path) -
         driver.execute_script("document.getElementById('snapshots').scrollIntoView()")
         q("#snapshot-btn").click()
         _wait("the request to be acknowledged", lambda: f"requested by {user}" in q("#snapshot-msg").text, 10)
-        row = _wait("the web snapshot in the list", lambda: next(
-            (r for r in qs("#snapshots-table tr[data-snapshot]") if f"web: {user}" in r.text), None), 30, 0.25)
-        snap_id = row.get_attribute("data-snapshot")
+        snap_id = _wait("the web snapshot in the list", lambda: driver.execute_script(
+            "const r = [...document.querySelectorAll('#snapshots-table tr[data-snapshot]')]"
+            ".find(r => r.innerText.includes(arguments[0])); return r && r.getAttribute('data-snapshot');",
+            f"web: {user}"), 30, 0.25)
         shot("05-snapshots")
-        row.find_element(By.CSS_SELECTOR, "a").click()
+        _wait("the download link clicked", lambda: q(f'#snapshots-table tr[data-snapshot="{snap_id}"] a').click()
+              or True, 10)
         archive = _wait("the download", lambda: (downloads / f"{snap_id}.tar.gz").exists()
                         and not list(downloads.glob("*.crdownload")) and downloads / f"{snap_id}.tar.gz", 20)
         assert verify_snapshot(archive) == []
