@@ -28,7 +28,7 @@ def decode(text: str) -> Any:
     matches for surrounding whitespace, which cost more than scanning an OCPP frame (~0.5 us of ~0.7
     per frame on the value channel's path). A text that the scanner takes whole from its first
     character is returned as scanned; anything else (surrounding whitespace, trailing data, no value
-    at the start) goes through ``decode``, which accepts or explains it exactly as before.
+    at the start) goes to ``JSONDecoder.decode``, which accepts or explains it exactly as before.
     """
     try:
         obj, end = _scan(text, 0)
