@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import ssl
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.devpki import DevCA  # noqa: E402
+from value_latency import proc_status_kb  # noqa: E402  (bench/ is this script's directory)
 
 # The server: echo nothing, read until EOF. argv: certfile keyfile tickets ("-" = plain TCP).
 SERVER = r"""
@@ -48,11 +50,9 @@ asyncio.run(main())
 
 
 def rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    kb = proc_status_kb(os.getpid(), "VmRSS")
+    assert kb is not None
+    return kb
 
 
 async def per_connection_kb(n: int, port: int, ctx: ssl.SSLContext | None) -> float:

@@ -38,6 +38,7 @@ from websockets.frames import Frame, Opcode, apply_mask
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 
 from ..logfmt import get_logger
+from ..ocppj import FrameError
 from .inspect import Direction, FrameInspector
 from .stats import ChargePointStats
 
@@ -392,28 +393,15 @@ class ChargePointLink:
         """The hot path's second half: ``src``'s leg has just written this frame to its partner
         (modes off and log). Count it, then account for it."""
         now = _time_ns()
-        stats = self.stats
-        if src is self.charger:
-            up, direction, dir_name = True, _UP, "up"
-            stats.frames_up += 1
-            stats.bytes_up += size
-        else:
-            up, direction, dir_name = False, _DOWN, "down"
-            stats.frames_down += 1
-            stats.bytes_down += size
-        stats.last_frame_ns = now
+        up = src is self.charger
+        self._count(up, size, now)
         try:
-            error, latency_ns = self.inspector.account(direction, text, now)
+            error, latency_ns = self.inspector.account(_UP if up else _DOWN, text, now)
         except Exception as e:  # noqa: BLE001 - the frame is delivered; an inspector bug costs its bookkeeping only
-            stats.inspect_failures += 1
-            log.exception("inspect_failed", cp=self.cp_id, dir=dir_name, error=repr(e))
-        else:
-            if error is not None:
-                stats.invalid_frames += 1
-                self._log_invalid(now, dir_name, error.kind.name, error.detail)
-            if latency_ns is not None and not up:
-                stats.csms_latency.append(latency_ns)
-        self.tap.put(now, self.cp_id, dir_name, "frame", text)
+            error = latency_ns = None
+            self.stats.inspect_failures += 1
+            log.exception("inspect_failed", cp=self.cp_id, dir="up" if up else "down", error=repr(e))
+        self._after(error, latency_ns, up, text, now)
 
     def _on_text(self, src: Connection, data: bytes, wire: bytes | None = None) -> None:
         """A complete text frame's payload (and, from the byte-level relay, the frame as received)
@@ -480,7 +468,7 @@ class ChargePointLink:
         if not _write(dst, data, wire):
             return
         self._count(up, len(data), now)
-        self._after(obs, dir_name, up, text, now)
+        self._after(obs.error, obs.latency_ns, up, text, now)
 
     def _count(self, up: bool, size: int, now: int) -> None:
         stats = self.stats
@@ -492,13 +480,14 @@ class ChargePointLink:
             stats.bytes_down += size
         stats.last_frame_ns = now
 
-    def _after(self, obs: Any, dir_name: str, up: bool, text: str, now: int) -> None:
-        stats = self.stats
-        if obs.error is not None:
-            stats.invalid_frames += 1
-            self._log_invalid(now, dir_name, obs.error.kind.name, obs.error.detail)
-        if obs.latency_ns is not None and not up:
-            stats.csms_latency.append(obs.latency_ns)
+    def _after(self, error: FrameError | None, latency_ns: int | None, up: bool, text: str, now: int) -> None:
+        """A forwarded frame's bookkeeping: its validation error, the CSMS response time, the tap."""
+        dir_name = "up" if up else "down"
+        if error is not None:
+            self.stats.invalid_frames += 1
+            self._log_invalid(now, dir_name, error.kind.name, error.detail)
+        if latency_ns is not None and not up:
+            self.stats.csms_latency.append(latency_ns)
         self.tap.put(now, self.cp_id, dir_name, "frame", text)
 
     def _refuse(self, leg: Connection, code: int, reason: str) -> None:
